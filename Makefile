@@ -1,0 +1,35 @@
+# All set-up happens here: a fresh machine needs only python3 (>= 3.11) and this file.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+
+.PHONY: install test lint typecheck bench run clean
+
+install: $(STAMP)
+
+# CPU torch first (pinned: the wheel is on local disk here, and a bare `torch` requirement
+# would pull a multi-GB CUDA build). For a GPU, see README "CUDA".
+$(STAMP): pyproject.toml Makefile
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install --quiet "torch==2.13.0"
+	$(PY) -m pip install --quiet -e ".[dev]"
+	touch $(STAMP)
+
+test: $(STAMP)
+	$(VENV)/bin/ruff check secagg protocols fl_core models tests benchmarks
+	$(VENV)/bin/mypy
+	$(PY) -m pytest -q
+
+bench: $(STAMP)
+	$(VENV)/bin/secagg bench primitives --json benchmarks/results/primitives.json
+	$(PY) -m benchmarks.plot
+
+run: $(STAMP)
+	$(VENV)/bin/secagg bench primitives --json benchmarks/results/primitives.json
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build *.egg-info

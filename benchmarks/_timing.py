@@ -1,0 +1,49 @@
+"""Small timing and reporting helpers shared by the benchmarks."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+__all__ = ["machine_info", "median_time", "write_json"]
+
+
+def median_time(fn: Callable[[], object], *, repeat: int, warmup: int = 1) -> float:
+    """Median wall time of ``fn()`` over ``repeat`` runs after ``warmup`` discarded runs."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def machine_info() -> dict[str, Any]:
+    """What the numbers were measured on."""
+    import cryptography
+    import numpy
+
+    return {
+        "python": platform.python_version(),
+        "machine": platform.machine(),
+        "cpus": os.cpu_count(),
+        "cryptography": cryptography.__version__,
+        "numpy": numpy.__version__,
+        "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+
+
+def write_json(path: str | Path, payload: Mapping[str, Any]) -> Path:
+    """Write ``payload`` as indented JSON, creating parent folders; return the path."""
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    p.write_text(json.dumps(payload, indent=2, sort_keys=False) + "\n")
+    return p

@@ -1,0 +1,162 @@
+"""Tests for secagg.packing: round trips for every width, an independent big-integer
+reference, a frozen vector, exact lengths, canonical padding and argument checking."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from secagg.packing import pack, packed_size, unpack
+
+# Frozen: pack([0, 1, 0xFFFFF, 0x12345, 0xABCDE], bits=20).
+FROZEN_VALUES = [0, 1, 0xFFFFF, 0x12345, 0xABCDE]
+FROZEN_B20_HEX = "0000100000ffff5f3412debc0a"
+
+
+def _reference_pack(values: list[int], bits: int) -> bytes:
+    """Obviously correct: value i is bits [i*bits, (i+1)*bits) of one little-endian integer."""
+    acc = 0
+    for i, v in enumerate(values):
+        acc |= v << (i * bits)
+    return acc.to_bytes((len(values) * bits + 7) // 8, "little")
+
+
+@st.composite
+def _values(draw: st.DrawFn, bits: int, max_size: int = 70) -> list[int]:
+    return draw(st.lists(st.integers(0, (1 << bits) - 1), max_size=max_size))
+
+
+def test_frozen_vector_b20() -> None:
+    data = pack(np.array(FROZEN_VALUES, dtype=np.uint32), 20)
+    assert data.hex() == FROZEN_B20_HEX
+    assert len(data) == 13  # 5 values * 2.5 bytes, rounded up
+    assert unpack(bytes.fromhex(FROZEN_B20_HEX), 20, 5).tolist() == FROZEN_VALUES
+    assert _reference_pack(FROZEN_VALUES, 20).hex() == FROZEN_B20_HEX
+
+
+@pytest.mark.parametrize("bits", range(8, 33))
+@settings(max_examples=15, deadline=None)
+@given(data=st.data())
+def test_round_trip_every_width(bits: int, data: st.DataObject) -> None:
+    values = data.draw(_values(bits))
+    arr = np.array(values, dtype=np.uint32)
+    packed = pack(arr, bits)
+    assert packed == _reference_pack(values, bits)
+    assert len(packed) == packed_size(len(values), bits)
+    out = unpack(packed, bits, len(values))
+    assert out.dtype == np.uint32 and out.shape == (len(values),)
+    assert out.tolist() == values
+
+
+@settings(max_examples=40, deadline=None)
+@given(bits=st.integers(1, 7), data=st.data())
+def test_round_trip_narrow_widths(bits: int, data: st.DataObject) -> None:
+    values = data.draw(_values(bits))
+    packed = pack(np.array(values, dtype=np.uint32), bits)
+    assert packed == _reference_pack(values, bits)
+    assert unpack(packed, bits, len(values)).tolist() == values
+
+
+@pytest.mark.parametrize("bits", [8, 12, 16, 17, 20, 24, 31, 32])
+def test_large_round_trip_with_tail(bits: int) -> None:
+    n = 100_003
+    gen = np.random.default_rng(bits)
+    arr = gen.integers(0, 1 << bits, n, dtype=np.uint64).astype(np.uint32)
+    arr[:3] = (1 << bits) - 1  # all ones at the edges
+    arr[-3:] = (1 << bits) - 1
+    packed = pack(arr, bits)
+    assert len(packed) == packed_size(n, bits)
+    assert packed[:64] == _reference_pack(arr[:512].tolist(), bits)[:64]
+    np.testing.assert_array_equal(unpack(packed, bits, n), arr)
+
+
+def test_all_ones_and_non_contiguous_input() -> None:
+    arr = np.full(2 * 9, (1 << 20) - 1, dtype=np.uint32)
+    assert pack(arr, 20) == b"\xff" * 45
+    strided = np.arange(40, dtype=np.uint32)[::2]
+    assert pack(strided, 20) == pack(np.ascontiguousarray(strided), 20)
+
+
+def test_unpack_output_is_writeable_and_owned() -> None:
+    for bits in (8, 16, 20, 32):
+        out = unpack(bytes(packed_size(4, bits)), bits, 4)
+        out[0] = 1  # must not be a read-only view of the input bytes
+        assert out.tolist() == [1, 0, 0, 0]
+
+
+def test_unpack_accepts_bytes_like() -> None:
+    packed = pack(np.array(FROZEN_VALUES, dtype=np.uint32), 20)
+    assert unpack(bytearray(packed), 20, 5).tolist() == FROZEN_VALUES
+    assert unpack(memoryview(packed), 20, 5).tolist() == FROZEN_VALUES
+
+
+def test_packed_size() -> None:
+    assert packed_size(0, 20) == 0
+    assert packed_size(1, 20) == 3
+    assert packed_size(2, 20) == 5
+    assert packed_size(10**6, 20) == 2_500_000
+    assert packed_size(3, 7) == 3
+    assert packed_size(5, 32) == 20
+    with pytest.raises(ValueError, match="count"):
+        packed_size(-1, 20)
+    with pytest.raises(ValueError, match="bits"):
+        packed_size(1, 33)
+    with pytest.raises(TypeError, match="bits"):
+        packed_size(1, 2.5)  # type: ignore[arg-type]
+
+
+def test_empty() -> None:
+    for bits in (8, 20, 32):
+        assert pack(np.zeros(0, dtype=np.uint32), bits) == b""
+        assert unpack(b"", bits, 0).shape == (0,)
+
+
+@pytest.mark.parametrize("bits", [8, 16, 20, 31])
+def test_unpack_exact_length(bits: int) -> None:
+    count = 7
+    good = bytes(packed_size(count, bits))
+    unpack(good, bits, count)
+    for bad in (good[:-1], good + b"\0", b""):
+        with pytest.raises(ValueError, match="data"):
+            unpack(bad, bits, count)
+
+
+def test_unpack_rejects_non_zero_padding() -> None:
+    good = pack(np.array([1, 2, 3], dtype=np.uint32), 20)  # 60 bits in 8 bytes: 4 spare
+    bad = good[:-1] + bytes([good[-1] | 0x10])
+    with pytest.raises(ValueError, match="padding"):
+        unpack(bad, 20, 3)
+
+
+def test_pack_rejects_out_of_range_values() -> None:
+    arr = np.array([0, 5, 1 << 20, 7], dtype=np.uint32)
+    with pytest.raises(ValueError, match=r"values\[2\]"):
+        pack(arr, 20)
+    with pytest.raises(ValueError, match="values"):
+        pack(np.array([256], dtype=np.uint32), 8)
+    pack(np.array([0xFFFFFFFF], dtype=np.uint32), 32)
+
+
+def test_argument_checks() -> None:
+    arr = np.zeros(4, dtype=np.uint32)
+    with pytest.raises(TypeError, match="values"):
+        pack([1, 2], 20)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="values"):
+        pack(np.zeros(4, dtype=np.int64), 20)
+    with pytest.raises(ValueError, match="values"):
+        pack(np.zeros((2, 2), dtype=np.uint32), 20)
+    with pytest.raises(TypeError, match="bits"):
+        pack(arr, 20.0)  # type: ignore[arg-type]
+    for bad in (0, 33):
+        with pytest.raises(ValueError, match="bits"):
+            pack(arr, bad)
+        with pytest.raises(ValueError, match="bits"):
+            unpack(b"", bad, 0)
+    with pytest.raises(TypeError, match="data"):
+        unpack("abc", 8, 3)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="count"):
+        unpack(b"abc", 8, 3.0)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="count"):
+        unpack(b"", 8, -1)
