@@ -3,6 +3,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
+SECAGG := $(VENV)/bin/secagg
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
@@ -24,8 +25,15 @@ test: $(STAMP)
 	$(VENV)/bin/mypy
 	$(PY) -m pytest -q
 
+# Every benchmark, each figure beside its reference from the same run; JSON and PNG land in
+# benchmarks/results/. The Flower peer installs into its own venv (benchmarks/.venv-flower).
 bench: $(STAMP)
-	$(VENV)/bin/secagg bench primitives --json benchmarks/results/primitives.json
+	$(SECAGG) bench primitives --json benchmarks/results/primitives.json
+	$(SECAGG) bench ckks --json benchmarks/results/ckks.json
+	$(SECAGG) bench protocol --sweep
+	for p in secagg secagg+; do for d in 0.0 0.1; do \
+	  $(SECAGG) bench protocol --protocol $$p --clients 20 --dim 1000000 --dropout $$d \
+	    --peer flower --json benchmarks/results/vs_flower_$${p}_p$$d.json || exit 1; done; done
 	$(PY) -m benchmarks.plot
 
 run: $(STAMP)

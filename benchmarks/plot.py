@@ -10,6 +10,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from benchmarks import protocol_plot
+
 __all__ = ["main", "plot_primitives"]
 
 
@@ -64,10 +66,6 @@ def main(argv: list[str] | None = None) -> int:
     prim = _load(out / "primitives.json")
     if prim is not None:
         print(f"wrote {plot_primitives(prim, out)}")
-    try:
-        from benchmarks import protocol_plot
-    except ImportError:
-        return 0
     for path in protocol_plot.plot_all(out):
         print(f"wrote {path}")
     return 0

@@ -1,0 +1,244 @@
+"""``secagg bench protocol``: one in-process round of plain / SecAgg / SecAgg+, with references.
+
+Each run records, from the same process and the same inputs: the protocol's compute per role
+(``protocols.harness.run_round``), the plain float sum of the included inputs
+(``plaintext_s``) and the raw AES-256-CTR time for exactly the mask words this round expanded
+(``keystream_bound_s``, the keystream rate measured now times the words). Dropouts are clients
+that fail to send their masked input, i.e. after share keys (the costly case: their pairwise
+masks must be recovered). ``--peer flower`` also runs Flower's SecAgg+ on the same n, dim,
+dropout, graph and threshold (``benchmarks/flower_peer.sh``, its own venv) and reports ratios.
+``--sweep`` runs the grid of the benchmark suite and writes one JSON per point.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from benchmarks._timing import machine_info, write_json
+from protocols import SecAggConfig
+from protocols.harness import run_round
+from secagg import prg
+
+__all__ = ["main", "run_point"]
+
+SWEEP_N = (10, 20, 50, 100, 200, 500)
+SWEEP_DIM = (100_000, 1_000_000)
+SWEEP_DROPOUT = (0.0, 0.1, 0.3)
+# Mask words the complete graph may expand per point (n^2 * dim) before the sweep skips it:
+# n=100 at dim=10^6 is 10^10 words (40 GB of keystream, about a minute here).
+FULL_GRAPH_BUDGET = 1.0e10
+RESULTS = Path("benchmarks/results")
+
+
+def _keystream_rate(repeat: int = 5) -> float:
+    """Raw AES-256-CTR keystream, bytes per second, 64 MiB into a preallocated buffer."""
+    buf = np.empty(64 << 20, dtype=np.uint8)
+    key = bytes(range(32))
+    best = math.inf
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        prg.keystream_into(key, buf)
+        best = min(best, time.perf_counter() - t0)
+    return buf.nbytes / best
+
+
+def _dropped(n: int, dropout: float, seed: int) -> list[int]:
+    order = np.random.default_rng(seed).permutation(n)  # benchmark choice, not a secret
+    return sorted(int(i) for i in order[: math.floor(dropout * n)])
+
+
+def run_point(
+    protocol: str,
+    clients: int,
+    dim: int,
+    dropout: float,
+    *,
+    seed: int = 0,
+    k: int | None = None,
+    threshold: int | None = None,
+) -> dict[str, Any]:
+    """Run one round and return the JSON row (see the module docstring)."""
+    cfg = SecAggConfig(
+        protocol=protocol, n=clients, k=k, threshold=threshold, dropout_rate=max(dropout, 0.1)
+    )
+    gen = np.random.default_rng(seed)
+    inputs = {i: gen.uniform(-1.0, 1.0, dim).astype(np.float32) for i in range(clients)}
+    drop = _dropped(clients, dropout, seed + 1)
+    res = run_round(cfg, inputs, drop={"masked_input": drop} if cfg.is_secure else None)
+    t0 = time.perf_counter()
+    truth = np.zeros(dim, dtype=np.float64)
+    for i in res.included:
+        truth += inputs[i]
+    plaintext_s = time.perf_counter() - t0
+    err = float(np.abs(res.aggregate - truth).max())
+    bound = len(res.included) * 2.0**-cfg.scale
+    rate = _keystream_rate()
+    words = res.client_mask_words + res.server_mask_words
+    return {
+        "protocol": protocol,
+        "clients": clients,
+        "dim": dim,
+        "dropout": dropout,
+        "dropped": len(drop) if cfg.is_secure else 0,
+        "k": cfg.k,
+        "threshold": cfg.threshold,
+        "bits": cfg.bits,
+        "scale": cfg.scale,
+        "included": len(res.included),
+        "correct": bool(err <= bound and len(res.included) == clients - len(drop)),
+        "max_abs_error": err,
+        "error_bound": bound,
+        "server_s": res.server_s,
+        "client_s_mean": res.client_s_mean,
+        "client_s_max": res.client_s_max,
+        "total_compute_s": res.total_compute_s,
+        "bytes_up_per_client": res.bytes_up_per_client,
+        "bytes_down_per_client": res.bytes_down_per_client,
+        "bytes_up_per_value": res.bytes_up_per_client / dim,
+        "plaintext_s": plaintext_s,
+        "server_vs_plaintext": res.server_s / plaintext_s,
+        "mask_words": words,
+        "keystream_gbps": rate / 1e9,
+        "keystream_bound_s": 4 * words / rate,
+    }
+
+
+def _flower(row: dict[str, Any], rounds: int) -> dict[str, Any]:
+    """Run Flower's SecAgg+ and plain FedAvg on the same point; return the ratio fields."""
+    full = row["protocol"] == "secagg"
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "flower.json"
+        cmd = [
+            "bash",
+            "benchmarks/flower_peer.sh",
+            "--clients",
+            str(row["clients"]),
+            "--dim",
+            str(row["dim"]),
+            "--dropout",
+            str(row["dropout"]),
+            "--num-shares",
+            "0" if full else str(row["k"]),
+            "--threshold",
+            str(row["threshold"]),
+            "--rounds",
+            str(rounds),
+            "--json",
+            str(out),
+        ]
+        subprocess.run(cmd, check=True, stdout=sys.stderr)
+        recs = json.loads(out.read_text())
+    sec = next(r for r in recs if r["protocol"] != "flower-plain")
+    plain = next(r for r in recs if r["protocol"] == "flower-plain")
+    return {
+        "flower_version": sec["flwr_version"],
+        "flower_protocol": sec["protocol"],
+        "flower_num_shares": sec["num_shares"],
+        "flower_round_s": sec["round_s"],
+        "flower_plain_round_s": plain["round_s"],
+        "flower_bytes_up_per_client": sec["bytes_up_per_client"],
+        "flower_correct": sec["correct"],
+        "compute_vs_flower": row["total_compute_s"] / sec["round_s"],
+        "bytes_up_vs_flower": row["bytes_up_per_client"] / sec["bytes_up_per_client"],
+    }
+
+
+def _skip_reason(protocol: str, n: int, dim: int) -> str | None:
+    if protocol == "secagg" and n * n * dim > FULL_GRAPH_BUDGET:
+        return f"complete graph: n^2*dim = {n * n * dim:.1e} mask words > {FULL_GRAPH_BUDGET:.0e}"
+    return None
+
+
+def sweep(protocols: list[str], out_dir: Path) -> list[dict[str, Any]]:
+    """Run the grid; write one JSON per point and ``protocol_sweep.json``; return the rows."""
+    rows: list[dict[str, Any]] = []
+    for dim in SWEEP_DIM:
+        for n in SWEEP_N:
+            for p in SWEEP_DROPOUT:
+                for proto in protocols:
+                    if proto == "plain" and p > 0:
+                        continue  # the baseline has no dropout recovery to measure
+                    reason = _skip_reason(proto, n, dim)
+                    if reason:
+                        rows.append(
+                            {
+                                "protocol": proto,
+                                "clients": n,
+                                "dim": dim,
+                                "dropout": p,
+                                "skipped": reason,
+                            }
+                        )
+                        continue
+                    row = run_point(proto, n, dim, p)
+                    rows.append(row)
+                    print(_line(row), flush=True)
+                    write_json(out_dir / f"protocol_{proto}_n{n}_d{dim}_p{p}.json", row)
+    write_json(
+        out_dir / "protocol_sweep.json",
+        {"benchmark": "protocol_sweep", "machine": machine_info(), "rows": rows},
+    )
+    return rows
+
+
+def _line(r: dict[str, Any]) -> str:
+    return (
+        f"{r['protocol']:>8} n={r['clients']:<4} dim={r['dim']:<8} drop={r['dropout']:<4} "
+        f"k={r['k']:<4} t={r['threshold']:<4} bits={r['bits']} ok={r['correct']} "
+        f"server={r['server_s']:.3f}s ({r['server_vs_plaintext']:.1f}x plain) "
+        f"client mean={r['client_s_mean']:.3f}s max={r['client_s_max']:.3f}s "
+        f"total={r['total_compute_s']:.2f}s up={r['bytes_up_per_value']:.3f} B/value "
+        f"keystream bound={r['keystream_bound_s']:.2f}s"
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``secagg bench protocol``."""
+    ap = argparse.ArgumentParser(prog="secagg bench protocol", description=__doc__)
+    ap.add_argument("--protocol", default="secagg+", choices=["plain", "secagg", "secagg+"])
+    ap.add_argument("--clients", type=int, default=20)
+    ap.add_argument("--dim", type=int, default=1_000_000)
+    ap.add_argument("--dropout", type=float, default=0.0)
+    ap.add_argument("--k", type=int, default=None, help="neighbours (SecAgg+); derived if left out")
+    ap.add_argument("--threshold", type=int, default=None)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--peer", choices=["flower"], help="also time this peer on the same point")
+    ap.add_argument("--peer-rounds", type=int, default=4)
+    ap.add_argument("--sweep", action="store_true", help="run the whole grid (make bench)")
+    ap.add_argument("--json", default=None, help="output file (default under benchmarks/results)")
+    args = ap.parse_args(argv)
+    if args.sweep:
+        sweep(["plain", "secagg", "secagg+"], Path(args.json or RESULTS))
+        return 0
+    row = run_point(
+        args.protocol,
+        args.clients,
+        args.dim,
+        args.dropout,
+        seed=args.seed,
+        k=args.k,
+        threshold=args.threshold,
+    )
+    if args.peer == "flower":
+        row.update(_flower(row, args.peer_rounds))
+    row["machine"] = machine_info()
+    print(_line(row))
+    if "flower_round_s" in row:
+        print(
+            f"   flower {row['flower_protocol']} round={row['flower_round_s']:.2f}s "
+            f"(plain {row['flower_plain_round_s']:.2f}s): our compute is "
+            f"{row['compute_vs_flower']:.3f}x Flower's, upload {row['bytes_up_vs_flower']:.3f}x"
+        )
+    name = f"protocol_{args.protocol}_n{args.clients}_d{args.dim}_p{args.dropout}.json"
+    print(f"wrote {write_json(args.json or RESULTS / name, row)}")
+    return 0 if row["correct"] else 1

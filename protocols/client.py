@@ -1,0 +1,305 @@
+"""A SecAgg / SecAgg+ client (Bonawitz et al. CCS'17 with double masking; Bell et al. CCS'20).
+
+Steps (``ClientStage`` says what the client waits for next):
+
+1. ``start(x)``: fresh X25519 key pairs ``c`` (share encryption) and ``s`` (masking) and a
+   32-byte self-mask seed ``b``; advertise ``c_pk, s_pk`` (signed in active mode).
+2. Roster: derive the neighbours from the public graph; Shamir-share ``b`` and ``s_sk`` (t of
+   the neighbours and itself) and AEAD-encrypt each neighbour's pair of shares under the
+   pairwise ``c`` key, bound to round, sender and recipient.
+3. Relayed shares: decrypt and keep them; the senders are the neighbours *fixed at share
+   time*. Send ``y = encode(x) + PRG(b) + sum_v +-PRG(s_uv) mod 2^bits``, bit-packed.
+4. Active mode: sign the survivor set the server announces.
+5. Unmask request: check it (below), answer once with seed shares of survivors and key shares
+   of the dropped, wipe everything.
+
+The client enforces the invariants itself: survivors and dropped are disjoint, cover exactly
+the neighbours fixed at share time (survivors also include the client), at least ``t``
+survivors, one answer per round, right round and stage; in active mode also ``t`` valid
+signatures on the very set it signed. Any violation aborts the client before it reveals.
+"""
+
+from __future__ import annotations
+
+import struct
+from typing import Any
+
+import numpy as np
+
+from protocols import labels
+from protocols.context import RoundContext
+from protocols.encoding import FloatVector, check_input, encode_input
+from protocols.errors import LocalProtocolError, RemoteProtocolError, ThresholdError
+from protocols.graph import round_graph
+from protocols.messages import (
+    AdvertiseKeys,
+    ConsistencyRequest,
+    ConsistencySignature,
+    MaskedInput,
+    Message,
+    Roster,
+    ShareKeys,
+    SharesRelay,
+    UnmaskRequest,
+    UnmaskResponse,
+)
+from protocols.participant import ClientBase
+from protocols.transitions import client_table
+from secagg import kex, rng, shamir
+from secagg.aead import Aead
+from secagg.errors import InvalidCiphertext, InvalidKeyError, InvalidSignature
+from secagg.packing import pack
+from secagg.prg import SEED_BYTES, MaskPRG
+from secagg.sign import SigningKey
+
+__all__ = ["SecAggClient"]
+
+
+class _Secrets:
+    """Everything secret a client holds; :meth:`wipe` drops it (best effort in Python)."""
+
+    __slots__ = ("aeads", "c_key", "held", "input", "mask_seeds", "own", "s_key", "seed")
+
+    def __init__(self) -> None:
+        self.c_key: kex.KeyPair | None = None
+        self.s_key: kex.KeyPair | None = None
+        self.seed = bytearray()
+        self.input: tuple[FloatVector, float] | None = None
+        self.aeads: dict[int, Aead] = {}
+        self.mask_seeds: dict[int, bytes] = {}
+        self.own: tuple[bytes, bytes] = (b"", b"")
+        self.held: dict[int, tuple[bytes, bytes]] = {}
+
+    def wipe(self) -> None:
+        self.seed[:] = bytes(len(self.seed))
+        self.seed = bytearray()
+        self.c_key = self.s_key = None
+        self.input = None
+        self.aeads.clear()
+        self.mask_seeds.clear()
+        self.held.clear()
+        self.own = (b"", b"")
+
+
+class SecAggClient(ClientBase):
+    """One client of a SecAgg or SecAgg+ round."""
+
+    def __init__(
+        self, ctx: RoundContext, client_id: int, *, identity: SigningKey | None = None
+    ) -> None:
+        """Create the client; ``identity`` is its Ed25519 key (required in active mode).
+
+        Raises:
+            TypeError: ``ctx`` is not a RoundContext.
+            LocalProtocolError: not a client of the round, plaintext config, or the identity
+                is missing or does not match the verify key in ``ctx``.
+        """
+        cfg = ctx.config
+        super().__init__(ctx, client_id, client_table(secure=cfg.is_secure, active=cfg.active))
+        if not cfg.is_secure:
+            raise LocalProtocolError("use PlainClient for the plaintext baseline")
+        if cfg.active and (
+            not isinstance(identity, SigningKey)
+            or identity.verify_key != ctx.verify_key(client_id)
+        ):
+            raise LocalProtocolError("active mode needs the client's registered signing key")
+        self._identity = identity if cfg.active else None
+        self._s = _Secrets()
+        self._neighbours = round_graph(ctx).neighbours(client_id)
+        self._peers: dict[int, tuple[bytes, bytes]] = {}
+        self._committed: frozenset[int] = frozenset()
+        self._signed: tuple[int, ...] | None = None
+
+    @property
+    def neighbours(self) -> frozenset[int]:
+        """Neighbours in the round's graph (fixed by the context)."""
+        return self._neighbours
+
+    @property
+    def advertised(self) -> frozenset[int]:
+        """The neighbours the roster announced; this client shares with exactly these."""
+        return frozenset(self._peers)
+
+    @property
+    def committed(self) -> frozenset[int]:
+        """The neighbours whose shares this client holds (fixed at share time)."""
+        return self._committed
+
+    def _wipe(self) -> None:
+        self._s.wipe()
+
+    def _dispatch(self, msg: Message) -> list[Message]:
+        self._check_round(msg)
+        if isinstance(msg, Roster):
+            return self._on_roster(msg)
+        if isinstance(msg, SharesRelay):
+            return self._on_relay(msg)
+        if isinstance(msg, ConsistencyRequest):
+            return self._on_consistency(msg)
+        if isinstance(msg, UnmaskRequest):
+            return self._on_unmask(msg)
+        raise RemoteProtocolError(f"unexpected {msg.TYPE.name}")  # pragma: no cover (table)
+
+    def _on_start(self, x: Any, weight: float | None) -> list[Message]:
+        s = self._s
+        s.input = check_input(self._ctx, x, weight)
+        s.c_key, s.s_key = kex.KeyPair.generate(), kex.KeyPair.generate()
+        s.seed = bytearray(rng.random_bytes(SEED_BYTES))
+        c_pk, s_pk = s.c_key.public_bytes(), s.s_key.public_bytes()
+        sig = b""
+        if self._identity is not None:
+            sig = self._identity.sign(labels.advert_payload(self._ctx, self._id, c_pk, s_pk))
+        return [AdvertiseKeys(self._ctx.round_id, self._id, c_pk, s_pk, sig)]
+
+    def _check_roster(self, msg: Roster) -> None:
+        """Raises RemoteProtocolError / ThresholdError unless the roster is acceptable."""
+        ctx, me, s = self._ctx, self._id, self._s
+        entries = {e.client_id: e for e in msg.entries}
+        if me not in entries or not set(entries) <= self._neighbours | {me}:
+            raise RemoteProtocolError("roster names non-neighbours, or omits me")
+        if len(entries) < ctx.config.threshold:
+            raise ThresholdError(f"only {len(entries) - 1} neighbours advertised")
+        assert s.c_key is not None and s.s_key is not None
+        mine = entries[me]
+        if (mine.c_public, mine.s_public) != (s.c_key.public_bytes(), s.s_key.public_bytes()):
+            raise RemoteProtocolError("roster altered my public keys")
+        keys = [k for e in msg.entries for k in (e.c_public, e.s_public)]
+        if len(set(keys)) != len(keys):
+            raise RemoteProtocolError("roster public keys are not all distinct")
+        if self._identity is not None:
+            for e in msg.entries:
+                try:
+                    ctx.verify_key(e.client_id).verify(
+                        e.signature, labels.advert_payload(ctx, e.client_id, e.c_public,
+                                                           e.s_public))
+                except InvalidSignature:
+                    raise RemoteProtocolError("bad key signature", party=e.client_id) from None
+        self._peers = {v: (e.c_public, e.s_public) for v, e in entries.items() if v != me}
+
+    def _agree_all(self) -> None:
+        """Derive the pairwise share-encryption keys and mask seeds of every neighbour."""
+        ctx, me, s = self._ctx, self._id, self._s
+        assert s.c_key is not None and s.s_key is not None
+        salt = labels.kex_salt(ctx)
+        for v, (c_pk, s_pk) in self._peers.items():
+            try:
+                key = kex.agree(s.c_key, c_pk, salt=salt,
+                                info=labels.kex_info(ctx, labels.PURPOSE_SHARE_KEY, me, v))
+                s.mask_seeds[v] = kex.agree(
+                    s.s_key, s_pk, salt=salt,
+                    info=labels.kex_info(ctx, labels.PURPOSE_MASK_SEED, me, v))
+            except InvalidKeyError:
+                raise RemoteProtocolError("degenerate public key", party=v) from None
+            s.aeads[v] = Aead(key)
+
+    def _on_roster(self, msg: Roster) -> list[Message]:
+        self._check_roster(msg)
+        self._agree_all()
+        ctx, me, s = self._ctx, self._id, self._s
+        assert s.s_key is not None
+        holders = sorted(self._peers.keys() | {me})
+        xs = [h + 1 for h in holders]
+        t = ctx.config.threshold
+        b_shares = shamir.split(bytes(s.seed), threshold=t, xs=xs)
+        k_shares = shamir.split(s.s_key.private_bytes(), threshold=t, xs=xs)
+        cts = []
+        for h, b_sh, k_sh in zip(holders, b_shares, k_shares, strict=True):
+            if h == me:
+                s.own = (b_sh.to_bytes(), k_sh.to_bytes())
+                continue
+            plaintext = struct.pack(">II", me, h) + b_sh.to_bytes() + k_sh.to_bytes()
+            ad = labels.share_associated_data(ctx, me, h)
+            cts.append((h, s.aeads[h].encrypt(plaintext, ad)))
+        return [ShareKeys(ctx.round_id, me, tuple(cts))]
+
+    def _on_relay(self, msg: SharesRelay) -> list[Message]:
+        ctx, me, s = self._ctx, self._id, self._s
+        senders = [u for u, _ in msg.ciphertexts]
+        for u in senders:
+            if u not in self._peers:
+                raise RemoteProtocolError("shares relayed from a non-neighbour", party=u)
+        if len(senders) + 1 < ctx.config.threshold:
+            raise ThresholdError(f"only {len(senders)} neighbours shared their keys")
+        n = shamir.SHARE_BYTES
+        for u, ct in msg.ciphertexts:
+            try:
+                pt = s.aeads[u].decrypt(ct, labels.share_associated_data(ctx, u, me))
+            except InvalidCiphertext:
+                raise RemoteProtocolError("share ciphertext does not open", party=u) from None
+            b_raw, k_raw = pt[8 : 8 + n], pt[8 + n :]
+            try:
+                shamir.Share.from_bytes(me + 1, b_raw)
+                shamir.Share.from_bytes(me + 1, k_raw)
+            except ValueError:
+                raise RemoteProtocolError("malformed share", party=u) from None
+            if struct.unpack(">II", pt[:8]) != (u, me):
+                raise RemoteProtocolError("share addressed to another pair", party=u)
+            s.held[u] = (b_raw, k_raw)
+        self._committed = frozenset(senders)
+        s.aeads.clear()  # the share keys have done their job
+        return [self._masked_input()]
+
+    def _masked_input(self) -> MaskedInput:
+        ctx, me, s = self._ctx, self._id, self._s
+        assert s.input is not None
+        ring = encode_input(ctx, *s.input)
+        s.input = None
+        MaskPRG(bytes(s.seed), label=labels.self_mask_label(ctx, me)).add_into(ring, bits=32)
+        for v in sorted(self._committed):
+            prg = MaskPRG(s.mask_seeds[v], label=labels.pair_mask_label(ctx, me, v))
+            prg.add_into(ring, bits=32, subtract=me > v)
+        self.mask_words += (len(self._committed) + 1) * len(ring)
+        bits = ctx.config.bits
+        if bits < 32:
+            np.bitwise_and(ring, np.uint32((1 << bits) - 1), out=ring)
+        s.mask_seeds.clear()
+        return MaskedInput(ctx.round_id, me, len(ring), bits, pack(ring, bits))
+
+    def _on_consistency(self, msg: ConsistencyRequest) -> list[Message]:
+        ctx, me = self._ctx, self._id
+        survivors = msg.survivors
+        if me not in survivors or not all(ctx.is_client(u) for u in survivors):
+            raise RemoteProtocolError("survivor set omits me or names non-clients")
+        if len(survivors) < ctx.config.threshold:
+            raise ThresholdError(f"only {len(survivors)} survivors announced")
+        assert self._identity is not None
+        self._signed = survivors
+        sig = self._identity.sign(labels.consistency_payload(ctx, survivors))
+        return [ConsistencySignature(ctx.round_id, me, sig)]
+
+    def _check_unmask(self, msg: UnmaskRequest) -> None:
+        """Raises RemoteProtocolError / ThresholdError unless the request is safe to answer."""
+        me, t = self._id, self._ctx.config.threshold
+        alive, dropped = set(msg.survivors), set(msg.dropped)
+        if alive & dropped:
+            raise RemoteProtocolError("a client is both survivor and dropped", party=None)
+        if me not in alive:
+            raise RemoteProtocolError("unmask request treats me as dropped")
+        if alive | dropped != self._committed | {me}:
+            raise RemoteProtocolError("unmask request does not cover exactly my neighbours")
+        if len(alive) < t:
+            raise ThresholdError(f"only {len(alive)} survivors among my neighbours, need {t}")
+        if self._signed is not None:
+            self._check_signatures(msg, alive, dropped)
+
+    def _check_signatures(self, msg: UnmaskRequest, alive: set[int], dropped: set[int]) -> None:
+        ctx, signed = self._ctx, set(self._signed or ())
+        if alive != signed & (self._committed | {self._id}) or dropped != self._committed - signed:
+            raise RemoteProtocolError("unmask request contradicts the signed survivor set")
+        if len(msg.signatures) < ctx.config.threshold:
+            raise ThresholdError(f"only {len(msg.signatures)} consistency signatures")
+        payload = labels.consistency_payload(ctx, self._signed or ())
+        for v, sig in msg.signatures:
+            if v not in signed:
+                raise RemoteProtocolError("signature from a non-survivor", party=v)
+            try:
+                ctx.verify_key(v).verify(sig, payload)
+            except InvalidSignature:
+                raise RemoteProtocolError("consistency signature invalid", party=v) from None
+
+    def _on_unmask(self, msg: UnmaskRequest) -> list[Message]:
+        self._check_unmask(msg)
+        me, s = self._id, self._s
+        seed_shares = tuple((u, s.own[0] if u == me else s.held[u][0]) for u in msg.survivors)
+        key_shares = tuple((u, s.held[u][1]) for u in msg.dropped)
+        return [UnmaskResponse(self._ctx.round_id, me, seed_shares, key_shares)]

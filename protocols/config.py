@@ -1,0 +1,235 @@
+"""The one validated configuration every party of a round agrees on.
+
+``SecAggConfig`` is the recipe layer (DESIGN part 3): it chooses every security parameter the
+hazardous ``secagg`` layer leaves open, once. Anything left out is derived safely:
+
+- ``k`` and ``threshold``: SecAgg uses the complete graph (``k = n - 1``); SecAgg+ takes the
+  smallest sparse degree meeting the rule of :mod:`protocols.params` (Bell et al., CCS 2020)
+  for ``dropout_rate``, ``corruption_rate``, ``sigma`` and ``eta``. The threshold is the
+  least ``t`` with ``2t > k + 1 + corrupted neighbours`` (w.p. ``1 - 2^-sigma``); for SecAgg
+  with ``corruption_rate = 0`` this is Bonawitz et al.'s ``floor(n/2) + 1``.
+- ``bits`` and ``scale``: :class:`secagg.fixedpoint.FixedPointConfig` must accept them for
+  ``n`` summands clipped to ``clip``, so the sum can never wrap. Left out, ``scale`` is 16
+  fractional bits (fewer if 32 ring bits cannot hold ``n`` of them) and ``bits`` the fewest
+  that hold the sum.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import struct
+from dataclasses import dataclass
+from enum import Enum
+from typing import Any
+
+from protocols.errors import ConfigError
+from protocols.params import graph_parameters, security_threshold
+from secagg.errors import RangeError
+from secagg.fixedpoint import FixedPointConfig, Rounding
+
+__all__ = ["DEFAULT_SCALE", "ProtocolKind", "SecAggConfig"]
+
+DEFAULT_SCALE = 16
+_MAX_N = 2**20
+
+
+class ProtocolKind(Enum):
+    """Which aggregation protocol a round runs (the strings are accepted too)."""
+
+    PLAIN = "plain"
+    SECAGG = "secagg"
+    SECAGG_PLUS = "secagg+"
+
+
+def _int(name: str, value: Any, lo: int, hi: int) -> int:
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise TypeError(f"{name} must be int, got {type(value).__name__}")
+    if not lo <= value <= hi:
+        raise ConfigError(f"{name} must be in [{lo}, {hi}], got {value}")
+    return value
+
+
+def _float(name: str, value: Any, lo: float, hi: float, *, open_hi: bool = False) -> float:
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        raise TypeError(f"{name} must be float, got {type(value).__name__}")
+    v = float(value)
+    if not (math.isfinite(v) and lo <= v <= hi) or (open_hi and v >= hi):
+        raise ConfigError(f"{name} must be in [{lo}, {hi}{')' if open_hi else ']'}, got {value}")
+    return v
+
+
+def _bool(name: str, value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be bool, got {type(value).__name__}")
+    return value
+
+
+def _fixed_point(n: int, clip: float, bits: int | None, scale: int | None) -> FixedPointConfig:
+    """Resolve bits and scale so that n values in [-clip, clip] can never overflow.
+
+    Raises:
+        ConfigError: no ring of at most 32 bits holds the sum at the requested precision.
+    """
+    def need(s: int) -> int:
+        return FixedPointConfig.minimal_bits(n_max=n, clip=clip, scale=s)
+
+    try:
+        if scale is None:
+            ring = 32 if bits is None else bits
+            fitting = [s for s in range(0, 64) if need(s) <= ring]
+            if not fitting:
+                raise ConfigError(f"no scale fits {n} values of +-{clip} in {ring} ring bits")
+            scale = max(fitting) if bits is not None else min(DEFAULT_SCALE, max(fitting))
+        if bits is None:
+            bits = max(8, need(scale))
+        return FixedPointConfig(bits=bits, scale=scale, clip=clip, n_max=n)
+    except (RangeError, ValueError) as exc:  # RangeError: overflow; ValueError: bits > 32
+        if isinstance(exc, ConfigError):
+            raise
+        raise ConfigError(f"fixed point: {exc}") from exc
+
+
+@dataclass(frozen=True, init=False)
+class SecAggConfig:
+    """Validated, frozen round configuration; build it with keywords only.
+
+    Attributes (all resolved after construction):
+        protocol: :class:`ProtocolKind` (``"plain"``, ``"secagg"``, ``"secagg+"`` accepted).
+        n: number of clients in the round (2 or more for the secure protocols).
+        threshold: Shamir threshold ``t`` (1 for plain).
+        k: neighbours per client (``n - 1`` for SecAgg, 0 for plain).
+        bits, scale, clip: the fixed-point ring ``Z/2^bits``, fractional bits, input range.
+        active: active-adversary mode (signed keys, consistency check).
+        weighted: clients send ``w * x`` and ``w``; the result is the weighted mean.
+        max_weight: weights lie in ``[0, max_weight]``.
+        dropout_rate, corruption_rate, sigma, eta: inputs of the SecAgg+ rule.
+        rounding: fixed-point rounding mode.
+    """
+
+    protocol: ProtocolKind
+    n: int
+    threshold: int
+    k: int
+    bits: int
+    scale: int
+    clip: float
+    active: bool
+    weighted: bool
+    max_weight: float
+    dropout_rate: float
+    corruption_rate: float
+    sigma: int
+    eta: int
+    rounding: Rounding
+
+    def __init__(
+        self,
+        *,
+        protocol: ProtocolKind | str,
+        n: int,
+        threshold: int | None = None,
+        k: int | None = None,
+        bits: int | None = None,
+        scale: int | None = None,
+        clip: float = 1.0,
+        active: bool = False,
+        weighted: bool = False,
+        max_weight: float = 1.0,
+        dropout_rate: float = 0.1,
+        corruption_rate: float = 0.05,
+        sigma: int = 40,
+        eta: int = 30,
+        rounding: Rounding = Rounding.NEAREST,
+    ) -> None:
+        """Validate and derive every parameter left out.
+
+        Raises:
+            TypeError: a parameter has the wrong type.
+            ConfigError: a value is out of range, ``k``/``threshold`` cannot be secure, or
+                ``bits``/``scale`` could overflow (a ``ValueError`` too).
+        """
+        try:
+            kind = ProtocolKind(protocol)
+        except ValueError:
+            raise ConfigError(f"unknown protocol {protocol!r}") from None
+        n = _int("n", n, 1 if kind is ProtocolKind.PLAIN else 2, _MAX_N)
+        for name, v in (("threshold", threshold), ("k", k), ("bits", bits), ("scale", scale)):
+            if v is not None:
+                _int(name, v, 0, _MAX_N)
+        clip = _float("clip", clip, 0.0, 1e300)
+        if clip <= 0:
+            raise ConfigError("clip must be > 0")
+        max_weight = _float("max_weight", max_weight, 0.0, 1e300)
+        if max_weight <= 0:
+            raise ConfigError("max_weight must be > 0")
+        rates = {
+            "dropout_rate": _float("dropout_rate", dropout_rate, 0.0, 1.0, open_hi=True),
+            "corruption_rate": _float("corruption_rate", corruption_rate, 0.0, 0.5, open_hi=True),
+        }
+        sigma = _int("sigma", sigma, 1, 256)
+        eta = _int("eta", eta, 1, 256)
+        if not isinstance(rounding, Rounding):
+            raise TypeError(f"rounding must be Rounding, got {type(rounding).__name__}")
+        k, threshold = _graph(kind, n, k, threshold, rates, sigma, eta)
+        fp = _fixed_point(n, clip, bits, scale)
+        values = {
+            "protocol": kind, "n": n, "threshold": threshold, "k": k, "bits": fp.bits,
+            "scale": fp.scale, "clip": fp.clip, "active": _bool("active", active),
+            "weighted": _bool("weighted", weighted), "max_weight": max_weight, **rates,
+            "sigma": sigma, "eta": eta, "rounding": rounding,
+        }
+        if kind is ProtocolKind.PLAIN and values["active"]:
+            raise ConfigError("the plaintext baseline has no active mode")
+        for name, value in values.items():
+            object.__setattr__(self, name, value)
+
+    @property
+    def fixed_point(self) -> FixedPointConfig:
+        """The fixed-point ring every client encodes into."""
+        return FixedPointConfig(bits=self.bits, scale=self.scale, clip=self.clip, n_max=self.n)
+
+    @property
+    def is_secure(self) -> bool:
+        """True for SecAgg and SecAgg+ (masking), False for the plaintext baseline."""
+        return self.protocol is not ProtocolKind.PLAIN
+
+    def to_bytes(self) -> bytes:
+        """Canonical, injective encoding of every field (what :attr:`digest` hashes)."""
+        proto = self.protocol.value.encode()
+        return b"".join((
+            b"secagg/config/v1", struct.pack(">B", len(proto)), proto,
+            struct.pack(">IIIIId??dddIIB", self.n, self.threshold, self.k, self.bits,
+                        self.scale, self.clip, self.active, self.weighted, self.max_weight,
+                        self.dropout_rate, self.corruption_rate, self.sigma, self.eta,
+                        list(Rounding).index(self.rounding)),
+        ))
+
+    @property
+    def digest(self) -> bytes:
+        """SHA-256 of :meth:`to_bytes`: bound into every label, signature and AEAD tag."""
+        return hashlib.sha256(self.to_bytes()).digest()
+
+
+def _graph(
+    kind: ProtocolKind, n: int, k: int | None, t: int | None,
+    rates: dict[str, float], sigma: int, eta: int,
+) -> tuple[int, int]:
+    """Resolve (k, threshold) for the protocol.
+
+    Raises:
+        ConfigError: as :func:`protocols.params.graph_parameters`, or a SecAgg ``k != n-1``.
+    """
+    if kind is ProtocolKind.PLAIN:
+        if k not in (None, 0) or t not in (None, 1):
+            raise ConfigError("the plaintext baseline takes no k and threshold 1")
+        return 0, 1
+    if kind is ProtocolKind.SECAGG:
+        if k not in (None, n - 1):
+            raise ConfigError(f"SecAgg uses the complete graph: k must be n-1 = {n - 1}")
+        k = n - 1
+    kw: dict[str, Any] = {"sigma": sigma, "eta": eta, **rates}
+    if kind is ProtocolKind.SECAGG and t is None:
+        corrupt = math.ceil(rates["corruption_rate"] * n)
+        t = security_threshold(n, n - 1, corrupt, sigma)
+    return graph_parameters(n, k=k, t=t, **kw)

@@ -1,0 +1,258 @@
+"""One frozen dataclass per protocol step, validated when built.
+
+Fields hold only ints, bytes and tuples (sorted, canonical), never dicts, so a message is
+immutable and has exactly one wire encoding. Constructors check types, ranges and exact byte
+lengths and raise ``TypeError`` / ``ValueError``; :mod:`protocols.wire` turns those into
+:class:`~protocols.errors.RemoteProtocolError` when the bytes came from a peer.
+
+Client -> server: AdvertiseKeys, ShareKeys, MaskedInput, ConsistencySignature, UnmaskResponse.
+Server -> client: Roster, SharesRelay, ConsistencyRequest, UnmaskRequest.
+"""
+
+from __future__ import annotations
+
+import operator
+from dataclasses import dataclass
+from enum import IntEnum
+from typing import Any, ClassVar
+
+from protocols.context import MAX_CLIENT_ID, MAX_ROUND_ID
+from secagg import aead, shamir
+from secagg.packing import packed_size
+
+__all__ = [
+    "KEY_BYTES", "SHARE_CIPHERTEXT_BYTES", "SHARE_PLAINTEXT_BYTES", "SIGNATURE_BYTES",
+    "AdvertiseKeys", "ConsistencyRequest", "ConsistencySignature", "MaskedInput", "Message",
+    "MsgType", "Roster", "RosterEntry", "ShareKeys", "SharesRelay", "UnmaskRequest",
+    "UnmaskResponse",
+]
+
+KEY_BYTES = 32
+SIGNATURE_BYTES = 64
+SHARE_PLAINTEXT_BYTES = 4 + 4 + 2 * shamir.SHARE_BYTES
+SHARE_CIPHERTEXT_BYTES = SHARE_PLAINTEXT_BYTES + aead.OVERHEAD
+
+
+class MsgType(IntEnum):
+    """Wire type tags (one byte)."""
+
+    ADVERTISE_KEYS = 1
+    ROSTER = 2
+    SHARE_KEYS = 3
+    SHARES_RELAY = 4
+    MASKED_INPUT = 5
+    CONSISTENCY_REQUEST = 6
+    CONSISTENCY_SIGNATURE = 7
+    UNMASK_REQUEST = 8
+    UNMASK_RESPONSE = 9
+
+
+def _int(name: str, v: Any, hi: int, lo: int = 0) -> None:
+    if not isinstance(v, int) or isinstance(v, bool):
+        raise TypeError(f"{name} must be int, got {type(v).__name__}")
+    if not lo <= v <= hi:
+        raise ValueError(f"{name} must be in [{lo}, {hi}], got {v}")
+
+
+def _bytes(name: str, v: Any, *lengths: int) -> None:
+    if not isinstance(v, bytes):
+        raise TypeError(f"{name} must be bytes, got {type(v).__name__}")
+    if len(v) not in lengths:
+        raise ValueError(f"{name} must be {' or '.join(map(str, lengths))} bytes, got {len(v)}")
+
+
+def _ids(name: str, v: Any) -> None:
+    """A tuple of client ids, strictly ascending (so distinct and canonical)."""
+    if not isinstance(v, tuple):
+        raise TypeError(f"{name} must be a tuple, got {type(v).__name__}")
+    if not all(type(x) is int for x in v):  # fast path; the loop names the culprit
+        for i, x in enumerate(v):
+            _int(f"{name}[{i}]", x, MAX_CLIENT_ID)
+    if v and not (0 <= v[0] and v[-1] <= MAX_CLIENT_ID):
+        raise ValueError(f"{name} must lie in [0, {MAX_CLIENT_ID}]")
+    if not all(map(operator.lt, v, v[1:])):
+        raise ValueError(f"{name} must be strictly ascending")
+
+
+def _pairs(name: str, v: Any, length: int) -> None:
+    """A tuple of (client id, bytes of ``length``) pairs, ids strictly ascending."""
+    if not isinstance(v, tuple):
+        raise TypeError(f"{name} must be a tuple, got {type(v).__name__}")
+    for i, p in enumerate(v):
+        if not isinstance(p, tuple) or len(p) != 2:
+            raise TypeError(f"{name}[{i}] must be an (id, bytes) pair")
+        _bytes(f"{name}[{i}]", p[1], length)
+    _ids(name, tuple(p[0] for p in v))
+
+
+def _round_sender(m: Any) -> None:
+    _int("round_id", m.round_id, MAX_ROUND_ID)
+    if hasattr(m, "sender"):
+        _int("sender", m.sender, MAX_CLIENT_ID)
+
+
+@dataclass(frozen=True, slots=True)
+class AdvertiseKeys:
+    """Client -> server: its share-encryption (c) and masking (s) X25519 public keys."""
+
+    TYPE: ClassVar[MsgType] = MsgType.ADVERTISE_KEYS
+    round_id: int
+    sender: int
+    c_public: bytes
+    s_public: bytes
+    signature: bytes = b""  # Ed25519 over labels.advert_payload in active mode
+
+    def __post_init__(self) -> None:
+        _round_sender(self)
+        _bytes("c_public", self.c_public, KEY_BYTES)
+        _bytes("s_public", self.s_public, KEY_BYTES)
+        _bytes("signature", self.signature, 0, SIGNATURE_BYTES)
+
+
+@dataclass(frozen=True, slots=True)
+class RosterEntry:
+    """One advertised client, as relayed by the server."""
+
+    client_id: int
+    c_public: bytes
+    s_public: bytes
+    signature: bytes = b""
+
+    def __post_init__(self) -> None:
+        _int("client_id", self.client_id, MAX_CLIENT_ID)
+        _bytes("c_public", self.c_public, KEY_BYTES)
+        _bytes("s_public", self.s_public, KEY_BYTES)
+        _bytes("signature", self.signature, 0, SIGNATURE_BYTES)
+
+
+@dataclass(frozen=True, slots=True)
+class Roster:
+    """Server -> client: the advertised keys of the recipient and of its advertised neighbours."""
+
+    TYPE: ClassVar[MsgType] = MsgType.ROSTER
+    round_id: int
+    entries: tuple[RosterEntry, ...]
+
+    def __post_init__(self) -> None:
+        _round_sender(self)
+        if not isinstance(self.entries, tuple):
+            raise TypeError("entries must be a tuple")
+        for i, e in enumerate(self.entries):
+            if not isinstance(e, RosterEntry):
+                raise TypeError(f"entries[{i}] must be RosterEntry")
+        _ids("entries ids", tuple(e.client_id for e in self.entries))
+
+
+@dataclass(frozen=True, slots=True)
+class ShareKeys:
+    """Client -> server: one share ciphertext per neighbour, ``(recipient, ciphertext)``."""
+
+    TYPE: ClassVar[MsgType] = MsgType.SHARE_KEYS
+    round_id: int
+    sender: int
+    ciphertexts: tuple[tuple[int, bytes], ...]
+
+    def __post_init__(self) -> None:
+        _round_sender(self)
+        _pairs("ciphertexts", self.ciphertexts, SHARE_CIPHERTEXT_BYTES)
+
+
+@dataclass(frozen=True, slots=True)
+class SharesRelay:
+    """Server -> client: the share ciphertexts addressed to it, ``(sender, ciphertext)``."""
+
+    TYPE: ClassVar[MsgType] = MsgType.SHARES_RELAY
+    round_id: int
+    ciphertexts: tuple[tuple[int, bytes], ...]
+
+    def __post_init__(self) -> None:
+        _round_sender(self)
+        _pairs("ciphertexts", self.ciphertexts, SHARE_CIPHERTEXT_BYTES)
+
+
+@dataclass(frozen=True, slots=True)
+class MaskedInput:
+    """Client -> server: ``count`` ring elements of ``bits`` bits, bit-packed (masked or plain)."""
+
+    TYPE: ClassVar[MsgType] = MsgType.MASKED_INPUT
+    round_id: int
+    sender: int
+    count: int
+    bits: int
+    data: bytes
+
+    def __post_init__(self) -> None:
+        _round_sender(self)
+        _int("count", self.count, 2**32 - 1, lo=1)
+        _int("bits", self.bits, 32, lo=8)
+        _bytes("data", self.data, packed_size(self.count, self.bits))
+
+
+@dataclass(frozen=True, slots=True)
+class ConsistencyRequest:
+    """Server -> client (active mode): the survivor set U3 to sign."""
+
+    TYPE: ClassVar[MsgType] = MsgType.CONSISTENCY_REQUEST
+    round_id: int
+    survivors: tuple[int, ...]
+
+    def __post_init__(self) -> None:
+        _round_sender(self)
+        _ids("survivors", self.survivors)
+
+
+@dataclass(frozen=True, slots=True)
+class ConsistencySignature:
+    """Client -> server (active mode): its signature over the survivor set."""
+
+    TYPE: ClassVar[MsgType] = MsgType.CONSISTENCY_SIGNATURE
+    round_id: int
+    sender: int
+    signature: bytes
+
+    def __post_init__(self) -> None:
+        _round_sender(self)
+        _bytes("signature", self.signature, SIGNATURE_BYTES)
+
+
+@dataclass(frozen=True, slots=True)
+class UnmaskRequest:
+    """Server -> client: whose seed shares (survivors) and key shares (dropped) to reveal.
+
+    In active mode ``signatures`` carries every consistency signature the server collected.
+    """
+
+    TYPE: ClassVar[MsgType] = MsgType.UNMASK_REQUEST
+    round_id: int
+    survivors: tuple[int, ...]
+    dropped: tuple[int, ...]
+    signatures: tuple[tuple[int, bytes], ...] = ()
+
+    def __post_init__(self) -> None:
+        _round_sender(self)
+        _ids("survivors", self.survivors)
+        _ids("dropped", self.dropped)
+        _pairs("signatures", self.signatures, SIGNATURE_BYTES)
+
+
+@dataclass(frozen=True, slots=True)
+class UnmaskResponse:
+    """Client -> server: ``(owner, share)`` seed shares and mask-key shares, 33 bytes each."""
+
+    TYPE: ClassVar[MsgType] = MsgType.UNMASK_RESPONSE
+    round_id: int
+    sender: int
+    seed_shares: tuple[tuple[int, bytes], ...]
+    key_shares: tuple[tuple[int, bytes], ...]
+
+    def __post_init__(self) -> None:
+        _round_sender(self)
+        _pairs("seed_shares", self.seed_shares, shamir.SHARE_BYTES)
+        _pairs("key_shares", self.key_shares, shamir.SHARE_BYTES)
+
+
+Message = (
+    AdvertiseKeys | Roster | ShareKeys | SharesRelay | MaskedInput | ConsistencyRequest
+    | ConsistencySignature | UnmaskRequest | UnmaskResponse
+)
+"""Any protocol message."""

@@ -1,0 +1,224 @@
+"""The SecAgg / SecAgg+ server: collects each stage, relays, and unmasks the sum.
+
+Sets of the paper: ``U1`` advertised, ``U2`` shared keys, ``U3`` sent a masked input (their
+inputs are the aggregate), ``U4`` signed the survivor set (active mode), ``U5`` answered the
+unmask request. The server stops with :class:`ThresholdError` as soon as some secret it will
+need has fewer than ``t`` possible holders left, before asking anyone to reveal anything.
+Masked inputs are added into one running ring sum on receipt, so memory stays at one vector.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import numpy.typing as npt
+
+from protocols import labels
+from protocols.context import RoundContext
+from protocols.encoding import decode_aggregate
+from protocols.errors import LocalProtocolError, RemoteProtocolError, ThresholdError
+from protocols.graph import NeighbourGraph, round_graph
+from protocols.messages import (
+    AdvertiseKeys,
+    ConsistencyRequest,
+    ConsistencySignature,
+    MaskedInput,
+    Message,
+    Roster,
+    RosterEntry,
+    ShareKeys,
+    SharesRelay,
+    UnmaskRequest,
+    UnmaskResponse,
+)
+from protocols.participant import ServerBase
+from protocols.transitions import ServerStage, server_table
+from protocols.unmasking import SecretRecovery, remove_masks
+from secagg.errors import InvalidSignature
+from secagg.packing import unpack
+from secagg.shamir import Share
+
+__all__ = ["SecAggServer"]
+
+
+class SecAggServer(ServerBase):
+    """The server of one SecAgg or SecAgg+ round."""
+
+    def __init__(self, ctx: RoundContext) -> None:
+        """Create the server for ``ctx``.
+
+        Raises:
+            TypeError: ``ctx`` is not a RoundContext.
+            LocalProtocolError: the config is the plaintext baseline.
+        """
+        cfg = ctx.config
+        super().__init__(ctx, server_table(secure=cfg.is_secure, active=cfg.active))
+        if not cfg.is_secure:
+            raise LocalProtocolError("use PlainServer for the plaintext baseline")
+        self._adverts: dict[int, AdvertiseKeys] = {}
+        self._keys_seen: set[bytes] = set()
+        self._graph = round_graph(ctx)
+        self._u1: frozenset[int] = frozenset()
+        self._relay: dict[int, list[tuple[int, bytes]]] = {}
+        self._u2: frozenset[int] = frozenset()
+        self._acc: npt.NDArray[np.uint32] | None = None
+        self._u3: tuple[int, ...] = ()
+        self._sigs: dict[int, bytes] = {}
+        self._requests: dict[int, UnmaskRequest] = {}
+        self._seed_ys: dict[int, dict[int, int]] = {}
+        self._key_ys: dict[int, dict[int, int]] = {}
+
+    @property
+    def graph(self) -> NeighbourGraph:
+        """The round's neighbour graph (fixed by the context)."""
+        return self._graph
+
+    def _nbrs(self, u: int) -> frozenset[int]:
+        return self._graph.neighbours(u)
+
+    # -- receiving -------------------------------------------------------------------------
+
+    def _accept(self, sender: int, msg: Message) -> None:
+        if isinstance(msg, AdvertiseKeys):
+            self._accept_advert(sender, msg)
+        elif isinstance(msg, ShareKeys):
+            if {r for r, _ in msg.ciphertexts} != self._nbrs(sender) & self._u1:
+                raise RemoteProtocolError("shares not addressed to exactly the neighbours")
+            for r, ct in msg.ciphertexts:
+                self._relay.setdefault(r, []).append((sender, ct))
+        elif isinstance(msg, MaskedInput):
+            self._accept_masked(msg)
+        elif isinstance(msg, ConsistencySignature):
+            try:
+                self._ctx.verify_key(sender).verify(
+                    msg.signature, labels.consistency_payload(self._ctx, self._u3))
+            except InvalidSignature:
+                raise RemoteProtocolError("consistency signature invalid") from None
+            self._sigs[sender] = msg.signature
+        elif isinstance(msg, UnmaskResponse):
+            self._accept_unmask(sender, msg)
+
+    def _accept_advert(self, sender: int, msg: AdvertiseKeys) -> None:
+        if msg.c_public == msg.s_public or {msg.c_public, msg.s_public} & self._keys_seen:
+            raise RemoteProtocolError("public key reused")
+        if self._ctx.config.active:
+            payload = labels.advert_payload(self._ctx, sender, msg.c_public, msg.s_public)
+            try:
+                self._ctx.verify_key(sender).verify(msg.signature, payload)
+            except InvalidSignature:
+                raise RemoteProtocolError("advertised keys not signed by the client") from None
+        self._keys_seen |= {msg.c_public, msg.s_public}
+        self._adverts[sender] = msg
+
+    def _accept_masked(self, msg: MaskedInput) -> None:
+        ctx = self._ctx
+        if msg.count != ctx.vector_length or msg.bits != ctx.config.bits:
+            raise RemoteProtocolError(
+                f"masked input must be {ctx.vector_length} values of {ctx.config.bits} bits")
+        try:
+            values = unpack(msg.data, msg.bits, msg.count)
+        except ValueError as exc:
+            raise RemoteProtocolError(f"masked input does not unpack: {exc}") from None
+        if self._acc is None:
+            self._acc = np.zeros(ctx.vector_length, dtype=np.uint32)
+        np.add(self._acc, values, out=self._acc)
+
+    def _accept_unmask(self, sender: int, msg: UnmaskResponse) -> None:
+        req = self._requests[sender]
+        if (tuple(u for u, _ in msg.seed_shares) != req.survivors
+                or tuple(u for u, _ in msg.key_shares) != req.dropped):
+            raise RemoteProtocolError("unmask response does not answer the request")
+        try:
+            seeds = [(u, Share.from_bytes(sender + 1, b).y) for u, b in msg.seed_shares]
+            keys = [(u, Share.from_bytes(sender + 1, b).y) for u, b in msg.key_shares]
+        except ValueError:
+            raise RemoteProtocolError("malformed share") from None
+        for u, y in seeds:
+            self._seed_ys.setdefault(u, {})[sender] = y
+        for u, y in keys:
+            self._key_ys.setdefault(u, {})[sender] = y
+
+    # -- closing stages --------------------------------------------------------------------
+
+    def _close(self, stage: ServerStage, received: frozenset[int]) -> dict[int, Message]:
+        t = self._ctx.config.threshold
+        if len(received) < t:
+            raise ThresholdError(f"only {len(received)} clients completed {stage.value}, "
+                                 f"need {t}")
+        if stage is ServerStage.ADVERTISE:
+            return self._close_advertise(received)
+        if stage is ServerStage.SHARE:
+            return self._close_share(received)
+        if stage is ServerStage.MASKED_INPUT:
+            return self._close_masked(received)
+        if stage is ServerStage.CONSISTENCY:
+            return self._unmask_requests(received)
+        self._finish(received)
+        return {}
+
+    def _close_advertise(self, u1: frozenset[int]) -> dict[int, Message]:
+        """Send each client the keys of its advertised neighbours; a client with fewer than
+        ``t - 1`` of them could never have its secrets rebuilt, so it is left out (it then
+        counts as dropped before sharing)."""
+        self._adverts = {u: self._adverts[u] for u in sorted(u1)}
+        entries = {u: RosterEntry(u, a.c_public, a.s_public, a.signature)
+                   for u, a in self._adverts.items()}
+        t, rid = self._ctx.config.threshold, self._ctx.round_id
+        out: dict[int, Message] = {}
+        for v in sorted(u1):
+            holders = sorted((self._nbrs(v) & u1) | {v})
+            if len(holders) >= t:
+                out[v] = Roster(rid, tuple(entries[w] for w in holders))
+        self._u1 = u1
+        return out
+
+    def _close_share(self, u2: frozenset[int]) -> dict[int, Message]:
+        t = self._ctx.config.threshold
+        for v in sorted(u2):
+            if len(self._nbrs(v) & u2) + 1 < t:
+                raise ThresholdError("too few neighbours shared keys", party=v)
+        self._u2 = u2
+        rid = self._ctx.round_id
+        out: dict[int, Message] = {
+            v: SharesRelay(rid, tuple(sorted(p for p in self._relay.get(v, []) if p[0] in u2)))
+            for v in sorted(u2)
+        }
+        self._relay.clear()
+        return out
+
+    def _close_masked(self, u3: frozenset[int]) -> dict[int, Message]:
+        t = self._ctx.config.threshold
+        for u in sorted(self._u2):
+            alive = len(self._nbrs(u) & u3) + (u in u3)
+            if alive < t:
+                raise ThresholdError("too few holders of this client's shares survived", party=u)
+        self._u3 = tuple(sorted(u3))
+        if self._ctx.config.active:
+            return {v: ConsistencyRequest(self._ctx.round_id, self._u3) for v in self._u3}
+        return self._unmask_requests(u3)
+
+    def _unmask_requests(self, recipients: frozenset[int]) -> dict[int, Message]:
+        u3 = frozenset(self._u3)
+        sigs = tuple(sorted(self._sigs.items()))
+        rid = self._ctx.round_id
+        for v in sorted(recipients):
+            held = self._nbrs(v) & self._u2
+            self._requests[v] = UnmaskRequest(
+                rid, tuple(sorted((held & u3) | {v})), tuple(sorted(held - u3)), sigs)
+        return dict(self._requests)
+
+    def _finish(self, u5: frozenset[int]) -> None:
+        assert self._acc is not None
+        recovery = SecretRecovery(self._ctx.config.threshold)
+        seeds = {u: recovery.recover(u, self._seed_ys.get(u, {})) for u in self._u3}
+        dropped = sorted(self._u2 - frozenset(self._u3))
+        keys = {u: recovery.recover(u, self._key_ys.get(u, {})) for u in dropped}
+        public = {u: a.s_public for u, a in self._adverts.items()}
+        self.mask_words += remove_masks(self._ctx, self._acc, seeds=seeds, mask_keys=keys,
+                                        public_keys=public, neighbours=self._nbrs)
+        self._result = decode_aggregate(self._ctx, self._acc, self._u3)
+        self._wipe()
+
+    def _wipe(self) -> None:
+        self._seed_ys.clear()
+        self._key_ys.clear()
+        self._relay.clear()

@@ -1,0 +1,138 @@
+"""The legal moves of each role, as data: ``(stage, input) -> next stage``.
+
+Clients: the input is a message type from the server, or the local ``START`` event. Servers:
+``accept`` lists the message types a stage collects (the stage does not change on receipt),
+and ``close`` the stage that follows when the driver closes one. Anything not in a table is
+illegal: the participant raises and (client) aborts, wiping its secrets. Tests enumerate
+every pair; docs can draw the diagrams from here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import Enum
+
+from protocols.messages import MsgType
+
+__all__ = [
+    "START",
+    "ClientStage",
+    "ClientTable",
+    "ServerStage",
+    "ServerTable",
+    "client_table",
+    "server_table",
+]
+
+
+class ClientStage(Enum):
+    """Where a client is: the name says what it waits for."""
+
+    NEW = "new"
+    AWAIT_ROSTER = "await_roster"
+    AWAIT_SHARES = "await_shares"
+    AWAIT_CONSISTENCY = "await_consistency"
+    AWAIT_UNMASK = "await_unmask"
+    DONE = "done"
+    ABORTED = "aborted"
+
+
+class ServerStage(Enum):
+    """The stage a server is collecting; values are the harness's stage names."""
+
+    ADVERTISE = "advertise"
+    SHARE = "share"
+    MASKED_INPUT = "masked_input"
+    CONSISTENCY = "consistency"
+    UNMASK = "unmask"
+    DONE = "done"
+    ABORTED = "aborted"
+
+
+START = "start"
+"""The client's local event that begins a round (``client.start(x)``)."""
+
+ClientInput = MsgType | str
+
+
+@dataclass(frozen=True)
+class ClientTable:
+    """``moves[(stage, input)] = next stage`` for one client flavour."""
+
+    moves: dict[tuple[ClientStage, ClientInput], ClientStage]
+
+    def next(self, stage: ClientStage, event: ClientInput) -> ClientStage | None:
+        """The next stage, or None if the move is illegal."""
+        return self.moves.get((stage, event))
+
+
+@dataclass(frozen=True)
+class ServerTable:
+    """What each server stage accepts and what closing it leads to."""
+
+    accept: dict[ServerStage, MsgType]
+    close: dict[ServerStage, ServerStage]
+
+    def accepts(self, stage: ServerStage, msg_type: MsgType) -> bool:
+        """True if ``stage`` collects messages of ``msg_type``."""
+        return self.accept.get(stage) is msg_type
+
+    @property
+    def first(self) -> ServerStage:
+        """The stage a fresh server collects."""
+        return next(iter(self.accept))
+
+
+_C = ClientStage
+_S = ServerStage
+
+_PASSIVE: dict[tuple[ClientStage, ClientInput], ClientStage] = {
+    (_C.NEW, START): _C.AWAIT_ROSTER,
+    (_C.AWAIT_ROSTER, MsgType.ROSTER): _C.AWAIT_SHARES,
+    (_C.AWAIT_SHARES, MsgType.SHARES_RELAY): _C.AWAIT_UNMASK,
+    (_C.AWAIT_UNMASK, MsgType.UNMASK_REQUEST): _C.DONE,
+}
+_ACTIVE: dict[tuple[ClientStage, ClientInput], ClientStage] = {
+    **_PASSIVE,
+    (_C.AWAIT_SHARES, MsgType.SHARES_RELAY): _C.AWAIT_CONSISTENCY,
+    (_C.AWAIT_CONSISTENCY, MsgType.CONSISTENCY_REQUEST): _C.AWAIT_UNMASK,
+}
+_PLAIN: dict[tuple[ClientStage, ClientInput], ClientStage] = {(_C.NEW, START): _C.DONE}
+
+_SERVER_ACCEPT = {
+    _S.ADVERTISE: MsgType.ADVERTISE_KEYS,
+    _S.SHARE: MsgType.SHARE_KEYS,
+    _S.MASKED_INPUT: MsgType.MASKED_INPUT,
+    _S.CONSISTENCY: MsgType.CONSISTENCY_SIGNATURE,
+    _S.UNMASK: MsgType.UNMASK_RESPONSE,
+}
+_SERVER_CLOSE_ACTIVE: dict[ServerStage, ServerStage] = {
+    _S.ADVERTISE: _S.SHARE,
+    _S.SHARE: _S.MASKED_INPUT,
+    _S.MASKED_INPUT: _S.CONSISTENCY,
+    _S.CONSISTENCY: _S.UNMASK,
+    _S.UNMASK: _S.DONE,
+}
+_SERVER_CLOSE_PASSIVE: dict[ServerStage, ServerStage] = {
+    _S.ADVERTISE: _S.SHARE,
+    _S.SHARE: _S.MASKED_INPUT,
+    _S.MASKED_INPUT: _S.UNMASK,
+    _S.UNMASK: _S.DONE,
+}
+
+
+def client_table(*, secure: bool, active: bool) -> ClientTable:
+    """The client table for the plaintext baseline, passive or active SecAgg(+)."""
+    if not secure:
+        return ClientTable(dict(_PLAIN))
+    return ClientTable(dict(_ACTIVE if active else _PASSIVE))
+
+
+def server_table(*, secure: bool, active: bool) -> ServerTable:
+    """The server table for the plaintext baseline, passive or active SecAgg(+)."""
+    if not secure:
+        return ServerTable({_S.MASKED_INPUT: MsgType.MASKED_INPUT}, {_S.MASKED_INPUT: _S.DONE})
+    accept = dict(_SERVER_ACCEPT)
+    if not active:
+        del accept[_S.CONSISTENCY]
+    return ServerTable(accept, dict(_SERVER_CLOSE_ACTIVE if active else _SERVER_CLOSE_PASSIVE))

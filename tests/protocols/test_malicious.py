@@ -1,0 +1,417 @@
+"""A malicious server, replays, tampering, bad inputs and unknown peers: the honest party
+refuses with the right typed error, reveals nothing, and the other clients are unharmed."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from protocols import (
+    ClientStage,
+    InputError,
+    LocalProtocolError,
+    ProtocolError,
+    RemoteProtocolError,
+    ServerStage,
+    ThresholdError,
+    run_round,
+    wire,
+)
+from protocols.harness import RoundSimulation
+from protocols.messages import (
+    ConsistencyRequest,
+    Roster,
+    RosterEntry,
+    SharesRelay,
+    UnmaskRequest,
+    UnmaskResponse,
+)
+from tests.protocols.helpers import Driver, bound, make_config, make_inputs, roundtrip
+
+
+def at_unmask(**kw: Any) -> Driver:
+    """secagg+ with n=10, k=4, t=3: client 8 dropped at share, 9 at masked input; the honest
+    unmask requests sit in ``d.inbox``."""
+    cfg = make_config("secagg+", n=10, k=4, threshold=3, **kw)
+    d = Driver(cfg)
+    d.start()
+    d.step(skip={8})  # rosters to all but 8: it never shares
+    d.step(skip={9})  # relays: 9 never sends its masked input
+    if cfg.active:
+        d.step()  # closes masked_input, consistency requests answered
+    d.close()  # the unmask requests wait in d.inbox
+    assert d.server.stage is ServerStage.UNMASK
+    return d
+
+
+def refuses(d: Driver, cid: int, msg: Any, err: type[Exception] = RemoteProtocolError) -> None:
+    client = d.clients[cid]
+    with pytest.raises(err):
+        client.receive(roundtrip(msg))
+    assert client.stage is ClientStage.ABORTED
+    assert not client._s.held and client._s.own == (b"", b"") and client._s.seed == bytearray()
+    with pytest.raises(LocalProtocolError):
+        client.receive(roundtrip(d.inbox[cid]))  # and nothing is ever revealed later
+
+
+def _victim(d: Driver) -> tuple[int, UnmaskRequest]:
+    cid = next(c for c, m in d.inbox.items() if m.dropped)  # a neighbour of 9
+    return cid, d.inbox[cid]  # type: ignore[return-value]
+
+
+def test_both_shares_of_one_peer() -> None:
+    d = at_unmask()
+    cid, req = _victim(d)
+    v = next(u for u in req.survivors if u != cid)
+    evil = dataclasses.replace(req, dropped=tuple(sorted({*req.dropped, v})))
+    refuses(d, cid, evil)
+    # and the mirror image: a dropped neighbour also listed as survivor
+    d = at_unmask()
+    cid, req = _victim(d)
+    evil = dataclasses.replace(req, survivors=tuple(sorted({*req.survivors, *req.dropped})))
+    refuses(d, cid, evil)
+
+
+def test_fewer_than_t_survivors() -> None:
+    d = at_unmask()
+    cid, req = _victim(d)
+    others = [u for u in req.survivors if u != cid]
+    evil = UnmaskRequest(req.round_id, (cid,), tuple(sorted({*req.dropped, *others})))
+    refuses(d, cid, evil, ThresholdError)
+
+
+def test_non_neighbours_and_uncommitted() -> None:
+    d = at_unmask()
+    cid, req = _victim(d)
+    stranger = next(u for u in range(10) if u not in d.clients[cid].neighbours and u != cid)
+    refuses(d, cid, dataclasses.replace(req, dropped=tuple(sorted({*req.dropped, stranger}))))
+    # 8 dropped before sharing: even if it is a neighbour, its shares were never committed
+    d = at_unmask()
+    holder = next(c for c in range(8) if 8 in d.clients[c].neighbours)
+    req = d.inbox[holder]
+    assert 8 not in d.clients[holder].committed
+    refuses(d, holder, dataclasses.replace(req, dropped=tuple(sorted({*req.dropped, 8}))))
+
+
+def test_incomplete_or_self_dropping_requests() -> None:
+    d = at_unmask()
+    cid, req = _victim(d)
+    refuses(d, cid, dataclasses.replace(req, dropped=()))  # leaves a neighbour out
+    d = at_unmask()
+    cid, req = _victim(d)
+    refuses(d, cid, UnmaskRequest(req.round_id, tuple(u for u in req.survivors if u != cid),
+                                  tuple(sorted({*req.dropped, cid}))))
+
+
+def test_asked_twice() -> None:
+    d = at_unmask()
+    cid, req = _victim(d)
+    out = d.clients[cid].receive(roundtrip(req))
+    assert isinstance(out[0], UnmaskResponse) and d.clients[cid].stage is ClientStage.DONE
+    with pytest.raises(RemoteProtocolError):
+        d.clients[cid].receive(roundtrip(req))
+    assert d.clients[cid].stage is ClientStage.ABORTED
+
+
+def test_wrong_round_request() -> None:
+    d = at_unmask()
+    cid, req = _victim(d)
+    refuses(d, cid, dataclasses.replace(req, round_id=req.round_id + 1))
+
+
+def test_different_survivor_lists_active() -> None:
+    d = Driver(make_config("secagg", n=5, threshold=3, active=True))
+    d.start()
+    d.step()
+    d.step()
+    d.close()  # masked inputs in: U3 = {0..4}; ConsistencyRequests in the inbox
+    full = d.inbox[0]
+    assert isinstance(full, ConsistencyRequest) and full.survivors == (0, 1, 2, 3, 4)
+    split = ConsistencyRequest(full.round_id, (0, 1, 2, 3))  # tells 0..3 that 4 dropped
+    sigs = {}
+    for cid in range(5):
+        msg = split if cid in (1, 2) else full
+        (reply,) = d.clients[cid].receive(roundtrip(msg))
+        sigs[cid] = reply.signature  # type: ignore[union-attr]
+    bundle = tuple(sorted(sigs.items()))
+    # 0 signed the full set; the bundle carries 1's and 2's signatures on another set
+    refuses(d, 0, UnmaskRequest(full.round_id, (0, 1, 2, 3, 4), (), bundle))
+    # 1 was told 4 dropped: the others' signatures do not cover its set, it reveals no key
+    d.inbox[1] = UnmaskRequest(full.round_id, (0, 1, 2, 3), (4,), bundle)
+    refuses(d, 1, d.inbox[1])
+    # an unmask request contradicting what 3 signed is refused too
+    refuses(d, 3, UnmaskRequest(full.round_id, (0, 1, 2, 3), (4,),
+                                tuple((c, s) for c, s in bundle if c not in (1, 2))))
+
+
+def test_too_few_consistency_signatures() -> None:
+    d = at_unmask(active=True)
+    cid, req = _victim(d)
+    refuses(d, cid, dataclasses.replace(req, signatures=req.signatures[:2]), ThresholdError)
+    d = at_unmask(active=True)
+    cid, req = _victim(d)
+    forged = tuple((c, bytes(64)) for c, _ in req.signatures)
+    refuses(d, cid, dataclasses.replace(req, signatures=forged))
+
+
+class EvilServer(RoundSimulation):
+    """Asks every client for both shares of its first neighbour."""
+
+    def to_client(self, cid: int, stage: ServerStage, data: bytes) -> bytes | None:
+        msg = wire.decode(data)
+        if isinstance(msg, UnmaskRequest):
+            both = set(msg.survivors) - {cid}
+            msg = dataclasses.replace(msg, dropped=tuple(sorted({*msg.dropped, min(both)})))
+        return wire.encode(msg)
+
+
+def test_the_round_aborts_when_every_client_refuses() -> None:
+    cfg = make_config("secagg", n=5, threshold=3)
+    sim = EvilServer(cfg, make_inputs(range(5), 3))
+    with pytest.raises(ThresholdError):
+        sim.run()
+    assert all(isinstance(e, RemoteProtocolError) for e in sim.client_errors.values())
+    assert len(sim.client_errors) == 5 and not sim.server._seed_ys
+
+
+# -- roster tampering -------------------------------------------------------------------
+
+
+def _roster(d: Driver, cid: int = 0) -> Roster:
+    d.start()
+    msg = d.close()[cid]
+    assert isinstance(msg, Roster)
+    return msg
+
+
+def test_roster_tampering() -> None:
+    cfg = make_config("secagg", n=4, threshold=3, active=True)
+    cases = []
+    d = Driver(cfg)
+    r = _roster(d)
+    mine = r.entries[0]
+    other = r.entries[1]
+    cases.append((d, r, dataclasses.replace(
+        r, entries=(RosterEntry(0, other.c_public, mine.s_public, mine.signature),
+                    *r.entries[1:]))))
+    d = Driver(cfg)
+    r = _roster(d)
+    e1 = r.entries[1]
+    forged = RosterEntry(1, r.entries[2].c_public, e1.s_public, e1.signature)
+    cases.append((d, r, dataclasses.replace(r, entries=(r.entries[0], forged, *r.entries[2:]))))
+    d = Driver(make_config("secagg+", n=10, k=4, threshold=3))
+    r = _roster(d)
+    stranger = next(u for u in range(10) if u not in d.clients[0].neighbours and u != 0)
+    extra = RosterEntry(stranger, bytes(range(32)), bytes(range(1, 33)))
+    cases.append((d, r, Roster(r.round_id, tuple(sorted((*r.entries, extra),
+                                                         key=lambda e: e.client_id)))))
+    for d, _, evil in cases:
+        d.inbox = {0: evil}
+        refuses(d, 0, evil)
+    d = Driver(cfg)
+    r = _roster(d)
+    refuses(d, 0, Roster(r.round_id, tuple(e for e in r.entries if e.client_id < 2)),
+            ThresholdError)
+
+
+# -- replays ----------------------------------------------------------------------------
+
+
+def test_omitted_neighbours_are_treated_as_dropped() -> None:
+    d = Driver(make_config("secagg", n=4, threshold=3))
+    r = _roster(d)
+    (shares,) = d.clients[0].receive(roundtrip(Roster(r.round_id, r.entries[:-1])))
+    assert d.clients[0].advertised == {1, 2}
+    assert [u for u, _ in shares.ciphertexts] == [1, 2]  # type: ignore[union-attr]
+
+
+def test_replayed_roster_from_an_earlier_round() -> None:
+    cfg = make_config("secagg", n=3)
+    old, new = Driver(cfg, round_id=1), Driver(cfg, round_id=2)
+    old_roster = _roster(old)
+    new.start()
+    new.inbox = new.close()
+    refuses(new, 0, old_roster)
+
+
+def test_replayed_share_ciphertexts_do_not_open() -> None:
+    cfg = make_config("secagg", n=3)
+    old, new = Driver(cfg, round_id=1), Driver(cfg, round_id=2)
+    old.start()
+    old.step()
+    old_relay = old.close()[0]
+    assert isinstance(old_relay, SharesRelay)
+    new.start()
+    new.step()
+    new.close()
+    replay = SharesRelay(2, old_relay.ciphertexts)  # rewrapped with the new round's id
+    with pytest.raises(RemoteProtocolError) as info:
+        new.clients[0].receive(roundtrip(replay))
+    assert info.value.party == old_relay.ciphertexts[0][0]
+
+
+def test_replayed_message_at_the_server() -> None:
+    cfg = make_config("secagg", n=4, threshold=3)
+    old, new = Driver(cfg, round_id=1), Driver(cfg, round_id=2)
+    old.start()
+    new.start(skip={0})
+    with pytest.raises(RemoteProtocolError) as info:
+        new.server.receive(0, roundtrip(old.sent[0][0]))
+    assert info.value.party == 0 and 0 in new.server.barred
+    res = new.run(drop={"advertise": {0}})  # 0 is barred for this round; the rest finish
+    assert res.included == (1, 2, 3)
+
+
+class FlipCiphertext(RoundSimulation):
+    def __init__(self, *a: Any, target: int, index: int, pos: int, bit: int, **kw: Any) -> None:
+        super().__init__(*a, **kw)
+        self.target, self.index, self.pos, self.bit = target, index, pos, bit
+        self.victim_sender = -1
+
+    def to_client(self, cid: int, stage: ServerStage, data: bytes) -> bytes | None:
+        msg = wire.decode(data)
+        if cid == self.target and isinstance(msg, SharesRelay):
+            cts = list(msg.ciphertexts)
+            u, ct = cts[self.index % len(cts)]
+            flipped = bytearray(ct)
+            flipped[self.pos % len(ct)] ^= 1 << self.bit
+            cts[self.index % len(cts)] = (u, bytes(flipped))
+            self.victim_sender = u
+            return wire.encode(SharesRelay(msg.round_id, tuple(cts)))
+        return data
+
+
+@settings(max_examples=15, deadline=None)
+@given(target=st.integers(0, 5), index=st.integers(0, 10), pos=st.integers(0, 200),
+       bit=st.integers(0, 7))
+def test_flipped_ciphertext_byte(target: int, index: int, pos: int, bit: int) -> None:
+    cfg = make_config("secagg", n=6, threshold=4)
+    xs = make_inputs(range(6), 3)
+    sim = FlipCiphertext(cfg, xs, target=target, index=index, pos=pos, bit=bit)
+    r = sim.run()
+    err = r.client_errors[target]
+    assert isinstance(err, RemoteProtocolError) and err.party == sim.victim_sender
+    assert r.included == tuple(i for i in range(6) if i != target)
+    assert np.max(np.abs(r.aggregate - sum(xs[i] for i in r.included))) <= bound(cfg, 5)
+
+
+class BadKeyShare(RoundSimulation):
+    def to_server(self, cid: int, stage: ServerStage, data: bytes) -> bytes | None:
+        msg = wire.decode(data)
+        if isinstance(msg, UnmaskResponse) and msg.key_shares and cid == 0:
+            (u, share), *rest = msg.key_shares
+            bad = (int.from_bytes(share, "big") ^ 1).to_bytes(33, "big")
+            msg = dataclasses.replace(msg, key_shares=((u, bad), *rest))
+        return wire.encode(msg)
+
+
+def test_inconsistent_key_shares_are_detected() -> None:
+    cfg = make_config("secagg", n=5, threshold=3)
+    sim = BadKeyShare(cfg, make_inputs(range(5), 3), drop={"masked_input": {4}})
+    with pytest.raises(RemoteProtocolError, match="not advertised") as info:
+        sim.run()
+    assert info.value.party == 4
+
+
+# -- bad inputs and unknown peers ---------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [np.full(3, np.nan), np.array([0.1, np.inf, 0.2]), np.zeros(4), np.zeros((3, 1)),
+     np.array([0.0, 1.5, 0.0])],
+)
+def test_bad_inputs(bad: Any) -> None:
+    cfg = make_config("secagg", n=4, threshold=3)
+    xs = make_inputs(range(4), 3)
+    with pytest.raises(InputError) as info:
+        run_round(cfg, {**xs, 2: bad})
+    assert info.value.party == 2 and isinstance(info.value, ValueError)
+    # at the participant: the client refuses, aborts, and the others finish without it
+    d = Driver(cfg)
+    d.xs[2] = bad
+    with pytest.raises(InputError):
+        d.clients[2].start(bad)
+    assert d.clients[2].stage is ClientStage.ABORTED
+    result = d.run()
+    assert result.included == (0, 1, 3)
+    np.testing.assert_allclose(result.values, d.expected_sum((0, 1, 3)), atol=bound(cfg, 3))
+
+
+def test_weights() -> None:
+    cfg = make_config("secagg", n=3, weighted=True)
+    xs = make_inputs(range(3), 2)
+    for w in (-1.0, 2.0, float("nan")):
+        with pytest.raises(InputError):
+            run_round(cfg, xs, weights={0: w, 1: 1.0, 2: 1.0})
+    with pytest.raises(InputError):
+        run_round(make_config("secagg", n=3), xs, weights={0: 1.0})
+    with pytest.raises(TypeError):
+        run_round(cfg, {**xs, 1: [0.0, 0.0]})  # type: ignore[dict-item]
+
+
+def test_unknown_sender_at_the_server() -> None:
+    d = Driver(make_config("secagg", n=3))
+    d.start(skip={0})
+    msg = d.clients[0].start(d.xs[0])[0]
+    with pytest.raises(RemoteProtocolError) as info:
+        d.server.receive_data(999, wire.encode(msg))
+    assert info.value.party == 999 and d.server.stage is ServerStage.ADVERTISE
+    with pytest.raises(RemoteProtocolError):
+        d.server.receive(1, roundtrip(msg))  # claims to be 0, arrives from 1 (sent already)
+    d.server.receive_data(0, wire.encode(msg))
+    assert d.run().included == (0, 1, 2)
+
+
+def test_unknown_sender_in_a_relay() -> None:
+    d = Driver(make_config("secagg", n=3))
+    d.start()
+    d.step()
+    relay = d.close()[0]
+    assert isinstance(relay, SharesRelay)
+    evil = SharesRelay(relay.round_id, (*relay.ciphertexts, (999, relay.ciphertexts[0][1])))
+    d.inbox[0] = evil
+    with pytest.raises(RemoteProtocolError) as info:
+        d.clients[0].receive(roundtrip(evil))
+    assert info.value.party == 999
+
+
+def test_server_rejects_bad_content_without_harm() -> None:
+    cfg = make_config("secagg", n=4, threshold=3)
+    d = Driver(cfg)
+    d.start(skip={3})
+    adv = d.clients[3].start(d.xs[3])[0]
+    dup = dataclasses.replace(adv, c_public=d.sent[0][0].c_public)  # type: ignore[union-attr]
+    with pytest.raises(RemoteProtocolError, match="reused"):
+        d.server.receive(3, dup)
+    with pytest.raises(RemoteProtocolError, match="second"):
+        d.server.receive(0, roundtrip(d.sent[0][0]))
+    assert d.server.barred == {3}
+    res = d.run()
+    assert res.included == (0, 1, 2)
+
+
+def test_server_rejects_misaddressed_shares_and_bad_vectors() -> None:
+    cfg = make_config("secagg", n=4, threshold=3)
+    d = Driver(cfg)
+    d.start()
+    d.close()
+    d.deliver(skip={0})
+    (shares,) = d.clients[0].receive(roundtrip(d.inbox[0]))
+    with pytest.raises(RemoteProtocolError, match="neighbours"):
+        d.server.receive(0, dataclasses.replace(shares, ciphertexts=shares.ciphertexts[1:]))
+    d.close()
+    d.deliver(skip={1})
+    (masked,) = d.clients[1].receive(roundtrip(d.inbox[1]))
+    with pytest.raises(RemoteProtocolError, match="values of"):
+        d.server.receive(1, dataclasses.replace(masked, count=masked.count - 1,
+                                                data=masked.data[:-3]))
+    assert d.server.barred == {0, 1}
+    with pytest.raises(ProtocolError):  # two of four gone with t = 3: the round cannot finish
+        while d.server.stage is not ServerStage.DONE:
+            d.step()
