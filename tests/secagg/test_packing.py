@@ -1,14 +1,19 @@
 """Tests for secagg.packing: round trips for every width, an independent big-integer
-reference, a frozen vector, exact lengths, canonical padding and argument checking."""
+reference, a frozen vector, exact lengths, canonical padding and argument checking, and the
+fused unpack_add_into (equal to acc + unpack at every width, across chunk boundaries)."""
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
+import numpy.typing as npt
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from secagg.packing import pack, packed_size, unpack
+from secagg import packing
+from secagg.packing import pack, packed_size, unpack, unpack_add_into
 
 # Frozen: pack([0, 1, 0xFFFFF, 0x12345, 0xABCDE], bits=20).
 FROZEN_VALUES = [0, 1, 0xFFFFF, 0x12345, 0xABCDE]
@@ -160,3 +165,120 @@ def test_argument_checks() -> None:
         unpack(b"abc", 8, 3.0)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="count"):
         unpack(b"", 8, -1)
+
+
+# -- chunk boundaries and the fused accumulate ---------------------------------------------
+
+CHUNK = packing._CHUNK  # values per chunk for the power-of-two block sizes g = 1, 2, 4, 8
+
+
+def _block_values(bits: int) -> int:
+    """g: values per block, the period of the bit positions."""
+    return 8 // math.gcd(bits, 8)
+
+
+def _random_values(bits: int, n: int, seed: int, ones: bool) -> npt.NDArray[np.uint32]:
+    if ones:
+        return np.full(n, (1 << bits) - 1, dtype=np.uint32)
+    gen = np.random.default_rng(seed)
+    return gen.integers(0, 1 << bits, n, dtype=np.uint64).astype(np.uint32)
+
+
+@st.composite
+def _length(draw: st.DrawFn, bits: int) -> int:
+    g = _block_values(bits)
+    special = [0, 1, g - 1, g, g + 1, CHUNK - 1, CHUNK, CHUNK + 1, 2 * CHUNK + g - 1]
+    return draw(st.one_of(st.sampled_from(special), st.integers(0, 3 * g + 40)))
+
+
+@pytest.mark.parametrize("bits", range(8, 33))
+@settings(max_examples=12, deadline=None)
+@given(data=st.data())
+def test_unpack_add_into_equals_acc_plus_unpack(bits: int, data: st.DataObject) -> None:
+    n = data.draw(_length(bits), label="n")
+    seed = data.draw(st.integers(0, 2**32 - 1), label="seed")
+    ones = data.draw(st.booleans(), label="ones")
+    values = _random_values(bits, n, seed, ones)
+    packed = pack(values, bits)
+    acc = _random_values(32, n, seed + 1, ones=False)
+    expected = acc + unpack(packed, bits, n)  # wraps mod 2^32
+    np.testing.assert_array_equal(unpack(packed, bits, n), values)
+    unpack_add_into(acc, packed, bits, n)
+    np.testing.assert_array_equal(acc, expected)
+    if n <= 64:
+        assert packed == _reference_pack(values.tolist(), bits)
+
+
+@pytest.mark.parametrize("bits", [17, 20, 22, 24, 27, 29, 30, 31])
+def test_pack_matches_reference_across_chunk_boundaries(bits: int) -> None:
+    n = 2 * CHUNK + 13
+    arr = _random_values(bits, n, bits, ones=False)
+    arr[CHUNK - 5 : CHUNK + 5] = (1 << bits) - 1
+    packed = pack(arr, bits)
+    assert len(packed) == packed_size(n, bits)
+    for start in (0, CHUNK - 64, CHUNK - 8, CHUNK, 2 * CHUNK - 8):  # multiples of 8 values
+        ref = _reference_pack(arr[start : start + 64].tolist(), bits)  # start on a byte
+        first = start * bits // 8
+        assert packed[first : first + len(ref) - 1] == ref[:-1]  # the last byte is shared
+    start = n - n % 8 - 64
+    assert packed[start * bits // 8 :] == _reference_pack(arr[start:].tolist(), bits)
+    np.testing.assert_array_equal(unpack(packed, bits, n), arr)
+
+
+def test_unpack_add_into_wraps_and_accumulates() -> None:
+    n, bits = 1000, 22
+    acc = np.full(n, 0xFFFFFFFF, dtype=np.uint32)
+    ones = pack(np.full(n, 1, dtype=np.uint32), bits)
+    for _ in range(3):
+        unpack_add_into(acc, ones, bits, n)
+    assert acc.tolist() == [2] * n
+
+
+def test_unpack_add_into_argument_checks() -> None:
+    n, bits = 10, 20
+    good = pack(np.arange(n, dtype=np.uint32), bits)
+    acc = np.zeros(n, dtype=np.uint32)
+    with pytest.raises(TypeError, match="acc"):
+        unpack_add_into([0] * n, good, bits, n)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="acc"):
+        unpack_add_into(np.zeros(n, dtype=np.int64), good, bits, n)
+    with pytest.raises(TypeError, match="data"):
+        unpack_add_into(acc, "abc", bits, n)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="bits"):
+        unpack_add_into(acc, good, 20.0, n)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="count"):
+        unpack_add_into(acc, good, bits, 10.0)  # type: ignore[arg-type]
+    for bad_bits in (0, 33):
+        with pytest.raises(ValueError, match="bits"):
+            unpack_add_into(np.zeros(0, dtype=np.uint32), b"", bad_bits, 0)
+    with pytest.raises(ValueError, match="count"):
+        unpack_add_into(acc, b"", bits, -1)
+    for bad in (good[:-1], good + b"\0", b""):
+        with pytest.raises(ValueError, match="data"):
+            unpack_add_into(acc, bad, bits, n)
+    padded = pack(np.array([1, 2, 3], dtype=np.uint32), 20)  # 4 spare bits
+    with pytest.raises(ValueError, match="padding"):
+        unpack_add_into(np.zeros(3, dtype=np.uint32), padded[:-1] + b"\x10", 20, 3)
+    with pytest.raises(ValueError, match="acc"):
+        unpack_add_into(np.zeros(n + 1, dtype=np.uint32), good, bits, n)
+    with pytest.raises(ValueError, match="acc"):
+        unpack_add_into(np.zeros((2, 5), dtype=np.uint32), good, bits, n)
+    with pytest.raises(ValueError, match="acc"):
+        unpack_add_into(np.zeros(2 * n, dtype=np.uint32)[::2], good, bits, n)
+    frozen = np.zeros(n, dtype=np.uint32)
+    frozen.setflags(write=False)
+    with pytest.raises(ValueError, match="acc"):
+        unpack_add_into(frozen, good, bits, n)
+    assert acc.tolist() == [0] * n  # every failure left acc untouched
+    unpack_add_into(acc, bytearray(good), bits, n)
+    unpack_add_into(acc, memoryview(good), bits, n)
+    assert acc.tolist() == [2 * i for i in range(n)]
+
+
+@pytest.mark.parametrize("index", [3, CHUNK + 7, 2 * CHUNK + 1])
+def test_pack_names_first_out_of_range_index_in_any_chunk(index: int) -> None:
+    arr = np.zeros(2 * CHUNK + 3, dtype=np.uint32)  # with bits=27: 2 chunks and a tail block
+    arr[index] = 1 << 27
+    arr[-1] = 1 << 30
+    with pytest.raises(ValueError, match=rf"values\[{index}\] = {1 << 27}"):
+        pack(arr, 27)
