@@ -8,6 +8,11 @@ that fail to send their masked input, i.e. after share keys (the costly case: th
 masks must be recovered). ``--peer flower`` also runs Flower's SecAgg+ on the same n, dim,
 dropout, graph and threshold (``benchmarks/flower_peer.sh``, its own venv) and reports ratios.
 ``--sweep`` runs the grid of the benchmark suite and writes one JSON per point.
+
+``--protocol ckks`` / ``ckks+mask``: the key setup runs first and is reported apart
+(``key_setup_*``); the round's figures are the round's alone. The keystream bound counts the
+mask words (0 for ``ckks``). ``--ckks-unseeded`` uploads full ciphertexts (twice the bytes, a
+faster server).
 """
 
 from __future__ import annotations
@@ -67,10 +72,13 @@ def run_point(
     seed: int = 0,
     k: int | None = None,
     threshold: int | None = None,
+    ckks_seeded: bool = True,
 ) -> dict[str, Any]:
     """Run one round and return the JSON row (see the module docstring)."""
+    extra: dict[str, Any] = {} if ckks_seeded else {"ckks_seeded": False}
     cfg = SecAggConfig(
-        protocol=protocol, n=clients, k=k, threshold=threshold, dropout_rate=max(dropout, 0.1)
+        protocol=protocol, n=clients, k=k, threshold=threshold, dropout_rate=max(dropout, 0.1),
+        **extra,
     )
     gen = np.random.default_rng(seed)
     inputs = {i: gen.uniform(-1.0, 1.0, dim).astype(np.float32) for i in range(clients)}
@@ -84,7 +92,17 @@ def run_point(
     err = float(np.abs(res.aggregate - truth).max())
     bound = len(res.included) * 2.0**-cfg.scale
     rate = _keystream_rate()
-    words = res.client_mask_words + res.server_mask_words
+    words = res.client_mask_words + res.server_mask_words  # 0 for ckks (no masks)
+    setup = res.key_setup
+    ckks: dict[str, Any] = {} if setup is None else {
+        "ckks_preset": cfg.ckks_layout.preset.name if cfg.ckks_layout else None,
+        "ckks_lanes_per_slot": cfg.ckks_layout.lanes_per_slot if cfg.ckks_layout else None,
+        "ckks_seeded": cfg.ckks_seeded,
+        "key_setup_server_s": setup.server_s,
+        "key_setup_client_s_max": max(setup.client_s.values()),
+        "key_setup_bytes_up_max": max(setup.bytes_up.values()),
+        "key_setup_bytes_down_max": max(setup.bytes_down.values()),
+    }
     return {
         "protocol": protocol,
         "clients": clients,
@@ -112,6 +130,7 @@ def run_point(
         "mask_words": words,
         "keystream_gbps": rate / 1e9,
         "keystream_bound_s": 4 * words / rate,
+        **ckks,
     }
 
 
@@ -211,7 +230,9 @@ def _line(r: dict[str, Any]) -> str:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``secagg bench protocol``."""
     ap = argparse.ArgumentParser(prog="secagg bench protocol", description=__doc__)
-    ap.add_argument("--protocol", default="secagg+", choices=["plain", "secagg", "secagg+"])
+    ap.add_argument("--protocol", default="secagg+",
+                    choices=["plain", "secagg", "secagg+", "ckks", "ckks+mask"])
+    ap.add_argument("--ckks-unseeded", action="store_true", help="full-size CKKS uploads")
     ap.add_argument("--clients", type=int, default=20)
     ap.add_argument("--dim", type=int, default=1_000_000)
     ap.add_argument("--dropout", type=float, default=0.0)
@@ -236,6 +257,7 @@ def main(argv: list[str] | None = None) -> int:
         seed=args.seed,
         k=args.k,
         threshold=args.threshold,
+        ckks_seeded=not args.ckks_unseeded,
     )
     if args.peer == "flower":
         row.update(_flower(row, args.peer_rounds))
@@ -247,6 +269,7 @@ def main(argv: list[str] | None = None) -> int:
             f"(plain {row['flower_plain_round_s']:.2f}s): our compute is "
             f"{row['compute_vs_flower']:.3f}x Flower's, upload {row['bytes_up_vs_flower']:.3f}x"
         )
-    name = f"protocol_{args.protocol}_n{args.clients}_d{args.dim}_p{args.dropout}.json"
+    tag = "_unseeded" if args.ckks_unseeded else ""
+    name = f"protocol_{args.protocol}{tag}_n{args.clients}_d{args.dim}_p{args.dropout}.json"
     print(f"wrote {write_json(args.json or RESULTS / name, row)}")
     return 0 if row["correct"] else 1

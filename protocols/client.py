@@ -25,6 +25,7 @@ import struct
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 
 from protocols import labels
 from protocols.context import RoundContext
@@ -44,7 +45,7 @@ from protocols.messages import (
     UnmaskResponse,
 )
 from protocols.participant import ClientBase
-from protocols.transitions import client_table
+from protocols.transitions import client_table_for
 from secagg import kex, rng, shamir
 from secagg.aead import Aead
 from secagg.errors import InvalidCiphertext, InvalidKeyError, InvalidSignature
@@ -81,7 +82,7 @@ class _Secrets:
         self.own = (b"", b"")
 
 
-class SecAggClient(ClientBase):
+class SecAggClient(ClientBase[RoundContext]):
     """One client of a SecAgg or SecAgg+ round."""
 
     def __init__(
@@ -95,9 +96,9 @@ class SecAggClient(ClientBase):
                 is missing or does not match the verify key in ``ctx``.
         """
         cfg = ctx.config
-        super().__init__(ctx, client_id, client_table(secure=cfg.is_secure, active=cfg.active))
-        if not cfg.is_secure:
-            raise LocalProtocolError("use PlainClient for the plaintext baseline")
+        super().__init__(ctx, client_id, client_table_for(cfg))
+        if not cfg.is_masked:
+            raise LocalProtocolError(f"SecAggClient cannot run {cfg.protocol.value!r}")
         if cfg.active and (
             not isinstance(identity, SigningKey)
             or identity.verify_key != ctx.verify_key(client_id)
@@ -239,7 +240,14 @@ class SecAggClient(ClientBase):
         s.aeads.clear()  # the share keys have done their job
         return [self._masked_input()]
 
-    def _masked_input(self) -> MaskedInput:
+    def _masked_input(self) -> Message:
+        """The upload: the masked ring vector, bit-packed."""
+        ring = self._masked_ring()
+        bits = self._ctx.config.bits
+        return MaskedInput(self._ctx.round_id, self._id, len(ring), bits, pack(ring, bits))
+
+    def _masked_ring(self) -> npt.NDArray[np.uint32]:
+        """``encode(x) + PRG(b) + sum_v +-PRG(s_uv) mod 2^bits``; drops the input and seeds."""
         ctx, me, s = self._ctx, self._id, self._s
         assert s.input is not None
         ring = encode_input(ctx, *s.input)
@@ -253,7 +261,7 @@ class SecAggClient(ClientBase):
         if bits < 32:
             np.bitwise_and(ring, np.uint32((1 << bits) - 1), out=ring)
         s.mask_seeds.clear()
-        return MaskedInput(ctx.round_id, me, len(ring), bits, pack(ring, bits))
+        return ring
 
     def _on_consistency(self, msg: ConsistencyRequest) -> list[Message]:
         ctx, me = self._ctx, self._id

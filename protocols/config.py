@@ -12,6 +12,13 @@ hazardous ``secagg`` layer leaves open, once. Anything left out is derived safel
   ``n`` summands clipped to ``clip``, so the sum can never wrap. Left out, ``scale`` is 16
   fractional bits (fewer if 32 ring bits cannot hold ``n`` of them) and ``bits`` the fewest
   that hold the sum.
+- CKKS (``"ckks"``, ``"ckks+mask"``): the slot layout holds the exact sum of ``n`` values of
+  :attr:`SecAggConfig.ckks_value_bits` each (one fixed-point value, or one ring element of
+  ``bits`` for ``ckks+mask``); the preset is the cheapest that does
+  (:func:`secagg.ckks.choose_preset`) unless ``ckks_preset`` names one. ``"ckks"`` has no graph
+  (``k = 0``) and its threshold (default 1) is the fewest inputs the server may sum: every key
+  holder can read every upload anyway, so it is not a secrecy parameter. ``"ckks+mask"`` takes
+  ``k`` and ``threshold`` exactly as SecAgg+.
 """
 
 from __future__ import annotations
@@ -25,6 +32,8 @@ from typing import Any
 
 from protocols.errors import ConfigError
 from protocols.params import graph_parameters, security_threshold
+from secagg.ckks_layout import SlotLayout, choose_preset
+from secagg.ckks_params import PRESETS
 from secagg.errors import RangeError
 from secagg.fixedpoint import FixedPointConfig, Rounding
 
@@ -40,6 +49,18 @@ class ProtocolKind(Enum):
     PLAIN = "plain"
     SECAGG = "secagg"
     SECAGG_PLUS = "secagg+"
+    CKKS = "ckks"
+    CKKS_MASK = "ckks+mask"
+
+    @property
+    def is_ckks(self) -> bool:
+        """True for the CKKS protocols (the server adds ciphertexts)."""
+        return self in (ProtocolKind.CKKS, ProtocolKind.CKKS_MASK)
+
+    @property
+    def is_masked(self) -> bool:
+        """True where clients mask with the SecAgg+ machinery (graph, shares, unmask)."""
+        return self in (ProtocolKind.SECAGG, ProtocolKind.SECAGG_PLUS, ProtocolKind.CKKS_MASK)
 
 
 def _int(name: str, value: Any, lo: int, hi: int) -> int:
@@ -105,6 +126,8 @@ class SecAggConfig:
         max_weight: weights lie in ``[0, max_weight]``.
         dropout_rate, corruption_rate, sigma, eta: inputs of the SecAgg+ rule.
         rounding: fixed-point rounding mode.
+        ckks_layout: CKKS slot layout (its ``preset`` included); ``None`` unless CKKS.
+        ckks_seeded: CKKS uploads as seeded (half-size) ciphertexts; ``True`` unless CKKS.
     """
 
     protocol: ProtocolKind
@@ -122,6 +145,8 @@ class SecAggConfig:
     sigma: int
     eta: int
     rounding: Rounding
+    ckks_layout: SlotLayout | None
+    ckks_seeded: bool
 
     def __init__(
         self,
@@ -141,6 +166,8 @@ class SecAggConfig:
         sigma: int = 40,
         eta: int = 30,
         rounding: Rounding = Rounding.NEAREST,
+        ckks_preset: str | None = None,
+        ckks_seeded: bool = True,
     ) -> None:
         """Validate and derive every parameter left out.
 
@@ -181,6 +208,8 @@ class SecAggConfig:
         }
         if kind is ProtocolKind.PLAIN and values["active"]:
             raise ConfigError("the plaintext baseline has no active mode")
+        values["ckks_layout"] = _ckks_layout(kind, fp, ckks_preset, ckks_seeded)
+        values["ckks_seeded"] = ckks_seeded
         for name, value in values.items():
             object.__setattr__(self, name, value)
 
@@ -191,19 +220,51 @@ class SecAggConfig:
 
     @property
     def is_secure(self) -> bool:
-        """True for SecAgg and SecAgg+ (masking), False for the plaintext baseline."""
+        """True for every protocol but the plaintext baseline."""
         return self.protocol is not ProtocolKind.PLAIN
 
+    @property
+    def is_ckks(self) -> bool:
+        """True for ``"ckks"`` and ``"ckks+mask"``."""
+        return self.protocol.is_ckks
+
+    @property
+    def is_masked(self) -> bool:
+        """True for the protocols that mask with the SecAgg(+) machinery."""
+        return self.protocol.is_masked
+
+    @property
+    def ckks_value_bits(self) -> int:
+        """Signed bits of one value the CKKS layout must hold: ``bits`` (a masked ring
+        element, two's-complement lifted) for ``ckks+mask``, else the width of one clipped
+        fixed-point value.
+
+        Raises:
+            ConfigError: not a CKKS protocol.
+        """
+        if self.ckks_layout is None:
+            raise ConfigError(f"{self.protocol.value} has no CKKS layout")
+        return self.ckks_layout.value_bits
+
     def to_bytes(self) -> bytes:
-        """Canonical, injective encoding of every field (what :attr:`digest` hashes)."""
+        """Canonical, injective encoding of every field (what :attr:`digest` hashes).
+
+        The CKKS part (preset name, value bits, seeded) follows only for CKKS protocols,
+        whose names say it is there; other configs encode exactly as before it existed.
+        """
         proto = self.protocol.value.encode()
-        return b"".join((
+        parts = [
             b"secagg/config/v1", struct.pack(">B", len(proto)), proto,
             struct.pack(">IIIIId??dddIIB", self.n, self.threshold, self.k, self.bits,
                         self.scale, self.clip, self.active, self.weighted, self.max_weight,
                         self.dropout_rate, self.corruption_rate, self.sigma, self.eta,
                         list(Rounding).index(self.rounding)),
-        ))
+        ]
+        if self.ckks_layout is not None:
+            name = self.ckks_layout.preset.name.encode()
+            parts += [struct.pack(">B", len(name)), name,
+                      struct.pack(">B?", self.ckks_layout.value_bits, self.ckks_seeded)]
+        return b"".join(parts)
 
     @property
     def digest(self) -> bytes:
@@ -224,6 +285,13 @@ def _graph(
         if k not in (None, 0) or t not in (None, 1):
             raise ConfigError("the plaintext baseline takes no k and threshold 1")
         return 0, 1
+    if kind is ProtocolKind.CKKS:
+        if k not in (None, 0):
+            raise ConfigError("ckks has no neighbour graph: k must be 0")
+        t = 1 if t is None else t
+        if not 1 <= t <= n:
+            raise ConfigError(f"ckks threshold (fewest inputs summed) must be in [1, {n}]")
+        return 0, t
     if kind is ProtocolKind.SECAGG:
         if k not in (None, n - 1):
             raise ConfigError(f"SecAgg uses the complete graph: k must be n-1 = {n - 1}")
@@ -233,3 +301,37 @@ def _graph(
         corrupt = math.ceil(rates["corruption_rate"] * n)
         t = security_threshold(n, n - 1, corrupt, sigma)
     return graph_parameters(n, k=k, t=t, **kw)
+
+
+def _ckks_layout(
+    kind: ProtocolKind, fp: FixedPointConfig, preset: str | None, seeded: bool
+) -> SlotLayout | None:
+    """The CKKS slot layout for ``kind`` (None if not CKKS); checks the CKKS options.
+
+    Raises:
+        TypeError: ``preset`` is not a str, ``seeded`` not a bool.
+        ConfigError: a CKKS option given for a non-CKKS protocol; ``preset`` unknown, a float
+            preset, or no preset holds the exact sum of ``n`` values.
+    """
+    if preset is not None and not isinstance(preset, str):
+        raise TypeError(f"ckks_preset must be str, got {type(preset).__name__}")
+    _bool("ckks_seeded", seeded)
+    if not kind.is_ckks:
+        if preset is not None or not seeded:
+            raise ConfigError("ckks_preset and ckks_seeded apply to the CKKS protocols only")
+        return None
+    if kind is ProtocolKind.CKKS_MASK:
+        value_bits = fp.bits  # masked ring elements, lifted to two's complement
+    else:  # one clipped fixed-point value in [-ceil(clip 2^scale), +ceil(clip 2^scale)]
+        value_bits = FixedPointConfig.minimal_bits(n_max=1, clip=fp.clip, scale=fp.scale)
+    try:
+        if preset is None:
+            return choose_preset(value_bits=value_bits, n_max=fp.n_max)
+        if preset not in PRESETS:
+            raise ConfigError(f"unknown ckks_preset {preset!r}; known: {sorted(PRESETS)}")
+        return SlotLayout.for_values(preset=PRESETS[preset], value_bits=value_bits,
+                                     n_max=fp.n_max)
+    except (RangeError, ValueError) as exc:
+        if isinstance(exc, ConfigError):
+            raise
+        raise ConfigError(f"CKKS layout: {exc}") from exc

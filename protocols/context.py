@@ -1,9 +1,11 @@
 """What every party of one round must agree on before it starts, and its digest.
 
 A :class:`RoundContext` fixes the configuration, the round number, the vector length, the
-eligible client ids and (active mode) their Ed25519 verify keys. Its SHA-256 digest is the HKDF
-salt of every pairwise key and is bound into every PRG label, AEAD associated data and
-signature, so nothing from another round, config or cohort can be replayed into this one.
+eligible client ids, (active mode) their Ed25519 verify keys and (CKKS protocols) the
+fingerprint of the CKKS context of the key epoch, so a round is bound to one key. Its
+SHA-256 digest is the HKDF salt of every pairwise key and is bound into every PRG label,
+AEAD associated data and signature, so nothing from another round, config or cohort can be
+replayed into this one.
 """
 
 from __future__ import annotations
@@ -36,7 +38,8 @@ def _check_int(name: str, value: Any, hi: int, lo: int = 0) -> int:
 class RoundContext:
     """Config, round id, vector length, client ids and (active mode) verify keys of a round."""
 
-    __slots__ = ("_config", "_digest", "_dim", "_fp", "_id_set", "_ids", "_round", "_vks")
+    __slots__ = ("_ckks", "_config", "_digest", "_dim", "_fp", "_id_set", "_ids", "_round",
+                 "_vks")
 
     def __init__(
         self,
@@ -46,6 +49,7 @@ class RoundContext:
         dim: int,
         client_ids: Iterable[int],
         verify_keys: Mapping[int, VerifyKey] | None = None,
+        ckks_fingerprint: bytes | None = None,
     ) -> None:
         """Validate and bind the round's public parameters.
 
@@ -53,7 +57,8 @@ class RoundContext:
             TypeError: a parameter has the wrong type.
             ConfigError: ``round_id`` or ``dim`` out of range; ids not distinct, outside
                 ``[0, 2^32 - 2]`` or not exactly ``config.n`` of them; verify keys missing in
-                active mode, given in passive mode, or not exactly one per client.
+                active mode, given in passive mode, or not exactly one per client;
+                ``ckks_fingerprint`` (32 bytes) missing for a CKKS protocol or given for another.
         """
         if not isinstance(config, SecAggConfig):
             raise TypeError(f"config must be SecAggConfig, got {type(config).__name__}")
@@ -68,6 +73,13 @@ class RoundContext:
             raise ConfigError(f"config.n = {config.n} but {len(self._ids)} client ids given")
         self._id_set = frozenset(self._ids)
         self._vks = self._check_verify_keys(verify_keys)
+        if ckks_fingerprint is not None and not isinstance(ckks_fingerprint, bytes):
+            raise TypeError("ckks_fingerprint must be bytes")
+        if config.is_ckks != (ckks_fingerprint is not None):
+            raise ConfigError("ckks_fingerprint is required for, and only for, CKKS protocols")
+        if ckks_fingerprint is not None and len(ckks_fingerprint) != 32:
+            raise ConfigError("ckks_fingerprint must be 32 bytes")
+        self._ckks = ckks_fingerprint
         self._fp = config.fixed_point
         self._digest = hashlib.sha256(self._encode()).digest()
 
@@ -93,6 +105,8 @@ class RoundContext:
             struct.pack(f">{len(self._ids)}I", *self._ids),
         ]
         parts += [self._vks[i].to_bytes() for i in self._ids if self._vks]
+        if self._ckks is not None:  # CKKS configs say it is there (fixed 32 bytes)
+            parts.append(self._ckks)
         return b"".join(parts)
 
     @property
@@ -131,6 +145,17 @@ class RoundContext:
             KeyError: ``cid`` has no verify key (passive mode, or not a client).
         """
         return self._vks[cid]
+
+    @property
+    def ckks_fingerprint(self) -> bytes:
+        """Fingerprint of the round's CKKS context (the key epoch's).
+
+        Raises:
+            ConfigError: not a CKKS round.
+        """
+        if self._ckks is None:
+            raise ConfigError("not a CKKS round")
+        return self._ckks
 
     @property
     def fixed_point(self) -> FixedPointConfig:

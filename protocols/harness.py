@@ -1,9 +1,10 @@
 """In-memory simulation of one round: n clients wired to a server through the wire codec.
 
-``run_round(config, inputs, drop=None, weights=None)`` is the researchers' and benchmarks'
-entry point. Every message is encoded to bytes and decoded again on the other side (bytes
-counted per client, up and down), and every participant call is timed with
-``time.perf_counter`` (codec time included, charged to whoever runs it).
+``run_round(config, inputs, drop=None, weights=None, keys=None)`` is the researchers' and
+benchmarks' entry point, for every protocol. Every message is encoded to bytes and decoded
+again on the other side (bytes counted per client, up and down), and every participant call
+is timed with ``time.perf_counter`` (codec time included, charged to whoever runs it); see
+:mod:`protocols.simulation`.
 
 ``drop`` maps a stage name (``"advertise"``, ``"share"``, ``"masked_input"``,
 ``"consistency"``, ``"unmask"``) to the ids that fail to send that stage's message; a client
@@ -12,6 +13,16 @@ client out of everyone's shares and masks (an absent neighbour in the fixed grap
 ``masked_input`` its pairwise masks are recovered from key shares; at
 ``consistency``/``unmask`` its input is still counted, it just stops answering. The plaintext
 baseline has one stage (``masked_input``): any drop up to it leaves the client out.
+
+CKKS. ``"ckks+mask"`` uses the same five stages with the same meaning (the masked input is
+encrypted). ``"ckks"`` has one server stage, ``masked_input`` (the encrypted upload): a drop
+at any stage up to it leaves the client out of the sum; a drop at ``consistency``/``unmask``
+means it uploads but is gone when the sum comes back. In both, the server holds no key: the
+aggregate of the :class:`RoundResult` is what the clients decrypted (they must all agree).
+Keys come from ``keys=`` (a :class:`~protocols.ckks_harness.CkksKeyring`, reused across the
+rounds of an epoch) or, if left out, from a key setup of the round's clients run first
+(``result.key_setup``; its cost is not in the round's timings). ``result.keys`` is the keyring
+either way; :class:`protocols.federation.CkksFederation` rotates it on membership changes.
 
 Mask accounting for benchmarks: ``client_mask_words + server_mask_words`` is the number of
 uint32 keystream words the round expanded, i.e. what a raw AES-CTR bound must generate.
@@ -22,25 +33,34 @@ uint32 keystream words the round expanded, i.e. what a raw AES-CTR bound must ge
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
+from protocols.ckks_harness import CkksKeyring, KeySetupResult, setup_keys
+from protocols.ckks_mask import CkksMaskClient, CkksMaskServer
+from protocols.ckks_round import CkksClient, CkksServer
 from protocols.client import SecAggClient
-from protocols.config import SecAggConfig
+from protocols.config import ProtocolKind, SecAggConfig
 from protocols.context import RoundContext
 from protocols.encoding import Aggregate, check_input
-from protocols.errors import InputError, LocalProtocolError, ProtocolError
+from protocols.errors import (
+    InputError,
+    LocalProtocolError,
+    ProtocolError,
+    RemoteProtocolError,
+    ThresholdError,
+)
 from protocols.participant import ClientBase, ServerBase
 from protocols.plaintext import PlainClient, PlainServer
 from protocols.server import SecAggServer
-from protocols.transitions import ServerStage
-from protocols.wire import encode
-from secagg.sign import SigningKey
+from protocols.simulation import Simulation
+from protocols.transitions import ClientStage
+from secagg.ckks import CkksPublicContext, CkksSecretContext
+from secagg.sign import SigningKey, VerifyKey
 
 __all__ = ["STAGES", "RoundResult", "RoundSimulation", "create_client", "create_server",
            "run_round"]
@@ -48,19 +68,40 @@ __all__ = ["STAGES", "RoundResult", "RoundSimulation", "create_client", "create_
 STAGES = ("advertise", "share", "masked_input", "consistency", "unmask")
 
 
-def create_server(ctx: RoundContext) -> ServerBase:
-    """The server participant for ``ctx.config.protocol``."""
+def create_server(
+    ctx: RoundContext, *, public: CkksPublicContext | None = None
+) -> ServerBase[RoundContext]:
+    """The server participant for ``ctx.config.protocol`` (CKKS: with the public context).
+
+    Raises:
+        LocalProtocolError: as the participant constructors (CKKS without ``public``).
+    """
+    kind = ctx.config.protocol
+    if kind.is_ckks:
+        if public is None:
+            raise LocalProtocolError("a CKKS server needs the epoch's public context")
+        if kind is ProtocolKind.CKKS:
+            return CkksServer(ctx, public=public)
+        return CkksMaskServer(ctx, public=public)
     return SecAggServer(ctx) if ctx.config.is_secure else PlainServer(ctx)
 
 
 def create_client(
-    ctx: RoundContext, client_id: int, *, identity: SigningKey | None = None
-) -> ClientBase:
-    """The client participant for ``ctx.config.protocol``.
+    ctx: RoundContext, client_id: int, *, identity: SigningKey | None = None,
+    key: CkksSecretContext | None = None,
+) -> ClientBase[RoundContext]:
+    """The client participant for ``ctx.config.protocol`` (CKKS: with the secret context).
 
     Raises:
-        LocalProtocolError: as the participant constructors.
+        LocalProtocolError: as the participant constructors (CKKS without ``key``).
     """
+    kind = ctx.config.protocol
+    if kind.is_ckks:
+        if key is None:
+            raise LocalProtocolError("a CKKS client needs the epoch's secret context")
+        if kind is ProtocolKind.CKKS:
+            return CkksClient(ctx, client_id, key=key, identity=identity)
+        return CkksMaskClient(ctx, client_id, key=key, identity=identity)
     if ctx.config.is_secure:
         return SecAggClient(ctx, client_id, identity=identity)
     return PlainClient(ctx, client_id)
@@ -84,6 +125,10 @@ class RoundResult:
     server_mask_words: int
     client_errors: dict[int, BaseException] = field(default_factory=dict)
     server_rejections: tuple[ProtocolError, ...] = ()
+    keys: CkksKeyring | None = field(default=None, repr=False)
+    """CKKS: the epoch's keys (pass them to the next round)."""
+    key_setup: KeySetupResult | None = field(default=None, repr=False)
+    """CKKS: the key setup run for this round, if ``keys`` was not given."""
 
     @property
     def aggregate(self) -> npt.NDArray[np.float64]:
@@ -131,19 +176,15 @@ class RoundResult:
         return float(np.mean(list(self.bytes_down.values()))) if self.bytes_down else 0.0
 
 
-def _check_drop(drop: Mapping[str, Iterable[int]] | None, ids: set[int]) -> dict[str, set[int]]:
-    out = {s: set() for s in STAGES}  # type: dict[str, set[int]]
-    for stage, who in (drop or {}).items():
-        if stage not in out:
-            raise LocalProtocolError(f"unknown stage {stage!r}; stages are {STAGES}")
-        out[stage] = set(who)
-        if not out[stage] <= ids:
-            raise LocalProtocolError(f"drop[{stage!r}] names unknown ids")
-    return out
+def _probe_keys(ids: list[int]) -> dict[int, VerifyKey]:
+    vk = SigningKey.from_private_bytes(bytes(32)).verify_key  # public placeholder, never used
+    return dict.fromkeys(ids, vk)
 
 
-class RoundSimulation:
+class RoundSimulation(Simulation):
     """One round of n in-process clients and a server, driven stage by stage."""
+
+    STAGES = STAGES
 
     def __init__(
         self,
@@ -153,136 +194,111 @@ class RoundSimulation:
         drop: Mapping[str, Iterable[int]] | None = None,
         weights: Mapping[int, float] | None = None,
         round_id: int = 1,
+        keys: CkksKeyring | None = None,
     ) -> None:
-        """Build the context and participants; validate inputs before any crypto.
+        """Build the context and participants; validate inputs before any crypto (CKKS
+        without ``keys``: a key setup of the round's clients runs first).
 
         Raises:
             TypeError: an input is not a float numpy array.
             InputError: inputs of unequal length, NaN/inf, beyond the clip range, a bad
                 weight (``party`` names the client).
             ConfigError: ``len(inputs) != config.n`` and similar.
-            LocalProtocolError: ``drop`` names an unknown stage or id.
+            LocalProtocolError: ``drop`` names an unknown stage or id; ``keys`` given for a
+                non-CKKS config, or a client holds no key of the epoch.
+            ThresholdError: the key setup run for the round failed.
         """
         ids = sorted(inputs)
         if not ids:
             raise InputError("no inputs")
         dim = int(np.shape(inputs[ids[0]])[0]) if np.ndim(inputs[ids[0]]) == 1 else 0
-        identities = {i: SigningKey.generate() for i in ids} if config.active else {}
-        self.ctx = RoundContext(
-            config=config, round_id=round_id, dim=max(dim, 1), client_ids=ids,
-            verify_keys={i: k.verify_key for i, k in identities.items()} or None)
-        self._drop = _check_drop(drop, set(ids))
+        self._init_accounting(ids, drop)
         self._inputs = dict(inputs)
         self._weights = dict(weights) if weights is not None else {}
+        # Inputs are checked before any crypto (a key setup included): against a context
+        # that differs from the round's only in the (public) key fingerprint.
+        probe = RoundContext(config=config, round_id=round_id, dim=max(dim, 1), client_ids=ids,
+                             verify_keys=None if not config.active else _probe_keys(ids),
+                             ckks_fingerprint=bytes(32) if config.is_ckks else None)
         for i in ids:
             try:
-                check_input(self.ctx, inputs[i], self._weights.get(i))
+                check_input(probe, inputs[i], self._weights.get(i))
             except InputError as exc:
                 raise InputError(str(exc), party=i) from exc
-        self.server = create_server(self.ctx)
-        self.clients = {i: create_client(self.ctx, i, identity=identities.get(i)) for i in ids}
-        self.client_s = dict.fromkeys(ids, 0.0)
-        self.bytes_up = dict.fromkeys(ids, 0)
-        self.bytes_down = dict.fromkeys(ids, 0)
-        self.server_s = 0.0
-        self.client_errors: dict[int, BaseException] = {}
+        self.key_setup: KeySetupResult | None = None
+        self.keys = self._keys(config, ids, keys)
+        identities: Mapping[int, SigningKey] = {}
+        if config.active:
+            identities = self.keys.identities if self.keys else {
+                i: SigningKey.generate() for i in ids}
+        self.ctx = RoundContext(
+            config=config, round_id=round_id, dim=max(dim, 1), client_ids=ids,
+            verify_keys={i: identities[i].verify_key for i in ids} if identities else None,
+            ckks_fingerprint=self.keys.fingerprint if self.keys else None)
+        public = self.keys.public if self.keys else None
+        self.server = create_server(self.ctx, public=public)
+        self.clients = {i: create_client(self.ctx, i, identity=identities.get(i),
+                                         key=self.keys.secret(i) if self.keys else None)
+                        for i in ids}
 
-    # -- hooks for tests -------------------------------------------------------------------
+    def _keys(self, config: SecAggConfig, ids: list[int], keys: CkksKeyring | None,
+              ) -> CkksKeyring | None:
+        if not config.is_ckks:
+            if keys is not None:
+                raise LocalProtocolError(f"{config.protocol.value} takes no CKKS keys")
+            return None
+        if keys is None:
+            self.key_setup = setup_keys(config, ids)
+            keys = self.key_setup.keys
+        if not isinstance(keys, CkksKeyring):
+            raise TypeError(f"keys must be CkksKeyring, got {type(keys).__name__}")
+        missing = sorted(set(ids) - set(keys.holders))
+        if missing:
+            raise LocalProtocolError(f"clients {missing[:8]} hold no key of epoch "
+                                     f"{keys.epoch}: start a new epoch")
+        return keys
 
-    def to_client(self, cid: int, stage: ServerStage, data: bytes) -> bytes | None:
-        """Bytes the server sends to ``cid`` for ``stage``; return None to lose them."""
-        return data
-
-    def to_server(self, cid: int, stage: ServerStage, data: bytes) -> bytes | None:
-        """Bytes ``cid`` sends for ``stage``; return None to lose them."""
-        return data
-
-    # -- driving ---------------------------------------------------------------------------
-
-    def gone(self, cid: int, stage: ServerStage) -> bool:
-        """True if ``cid`` dropped at ``stage`` or earlier, or aborted."""
-        if cid in self.client_errors:
-            return True
-        upto = STAGES[: STAGES.index(stage.value) + 1]
-        return any(cid in self._drop[s] for s in upto)
-
-    def _client(self, cid: int, call: Callable[[ClientBase], list[bytes]]) -> list[bytes]:
-        t0 = time.perf_counter()
-        try:
-            return call(self.clients[cid])
-        except ProtocolError as exc:
-            self.client_errors[cid] = exc
-            return []
-        finally:
-            self.client_s[cid] += time.perf_counter() - t0
-
-    def _up(self, cid: int, stage: ServerStage, payloads: list[bytes]) -> None:
-        for raw in payloads:
-            data = self.to_server(cid, stage, raw)
-            if data is None:
-                continue
-            self.bytes_up[cid] += len(data)
-            t0 = time.perf_counter()
-            try:
-                self.server.receive_data(cid, data)
-            except ProtocolError:
-                pass  # recorded in server.rejected; the sender is barred
-            finally:
-                self.server_s += time.perf_counter() - t0
-
-    def _start_all(self) -> None:
-        stage = self.server.stage
-        for cid in self.clients:
-            if self.gone(cid, stage):
-                continue
-            x, w = self._inputs[cid], self._weights.get(cid)
-            out = self._client(cid, lambda c, x=x, w=w: [  # type: ignore[misc]
-                encode(m) for m in c.start(x, weight=w)])
-            self._up(cid, stage, out)
-
-    def _close(self) -> dict[int, bytes]:
-        t0 = time.perf_counter()
-        try:
-            missing = self.server.expected - self.server.received
-            out = self.server.close_stage(missing)
-            return {cid: encode(m) for cid, m in out.items()}
-        finally:
-            self.server_s += time.perf_counter() - t0
+    def _start_args(self, cid: int) -> tuple[Any, float | None]:
+        return self._inputs[cid], self._weights.get(cid)
 
     def run(self) -> RoundResult:
         """Drive the round to the end.
 
         Raises:
-            ThresholdError: fewer than the threshold remain (round aborted).
-            ProtocolError: the server aborted for another reason.
+            ThresholdError: fewer than the threshold remain (round aborted); CKKS: no client
+                was left to decrypt the sum.
+            ProtocolError: the server aborted for another reason; CKKS: clients decrypted
+                different sums.
         """
-        self._start_all()
-        while True:
-            outgoing = self._close()
-            stage = self.server.stage
-            if stage is ServerStage.DONE:
-                break
-            for cid, raw in outgoing.items():
-                if self.gone(cid, stage):
-                    continue
-                data = self.to_client(cid, stage, raw)
-                if data is None:
-                    continue
-                self.bytes_down[cid] += len(data)
-                self._up(cid, stage,
-                         self._client(cid, lambda c, d=data: c.receive_data(d)))  # type: ignore[misc]
+        self.drive()
         return self._result()
+
+    def _output(self) -> Aggregate:
+        if not self.ctx.config.is_ckks:
+            return self.server.result
+        outs: list[Aggregate] = [
+            c.result for c in self.clients.values()
+            if isinstance(c, (CkksClient, CkksMaskClient)) and c.stage is ClientStage.DONE
+            and c.result is not None]
+        if not outs:
+            raise ThresholdError("no client was left to decrypt the encrypted sum")
+        first = outs[0]
+        for o in outs[1:]:
+            if o.included != first.included or not np.array_equal(o.ring, first.ring):
+                raise RemoteProtocolError("clients decrypted different sums")
+        return first
 
     def _result(self) -> RoundResult:
         active = [c for c in self.clients if self.bytes_up[c] or self.bytes_down[c]]
         return RoundResult(
-            config=self.ctx.config, output=self.server.result, server_s=self.server_s,
+            config=self.ctx.config, output=self._output(), server_s=self.server_s,
             client_s={c: self.client_s[c] for c in active},
             bytes_up={c: self.bytes_up[c] for c in active},
             bytes_down={c: self.bytes_down[c] for c in active},
             client_mask_words=sum(c.mask_words for c in self.clients.values()),
             server_mask_words=self.server.mask_words, client_errors=dict(self.client_errors),
-            server_rejections=tuple(self.server.rejected))
+            server_rejections=tuple(self.server.rejected), keys=self.keys,
+            key_setup=self.key_setup)
 
 
 def run_round(
@@ -292,8 +308,12 @@ def run_round(
     weights: Mapping[int, float] | None = None,
     *,
     round_id: int = 1,
+    keys: CkksKeyring | None = None,
 ) -> RoundResult:
     """Run one round in process and return its aggregate, timings and traffic.
+
+    ``keys``: CKKS only, the epoch's keyring (``result.keys`` of an earlier round, or
+    :func:`protocols.ckks_harness.setup_keys`); left out, a key setup runs first.
 
     Raises:
         ThresholdError: fewer than the threshold remain at some stage.
@@ -301,4 +321,5 @@ def run_round(
             crypto runs).
         ProtocolError: the round aborted for another protocol reason.
     """
-    return RoundSimulation(config, inputs, drop=drop, weights=weights, round_id=round_id).run()
+    return RoundSimulation(config, inputs, drop=drop, weights=weights, round_id=round_id,
+                           keys=keys).run()

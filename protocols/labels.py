@@ -7,18 +7,25 @@ made for one purpose, pair or round is ever valid for another.
 
 from __future__ import annotations
 
+import hashlib
 import struct
 from collections.abc import Sequence
 
 from protocols.context import RoundContext
+from protocols.epoch import EpochContext
 from secagg import kex
 
 __all__ = [
     "LABEL_VERSION",
     "advert_payload",
+    "ckks_input_payload",
     "consistency_payload",
     "kex_info",
     "kex_salt",
+    "key_advert_payload",
+    "key_delivery_associated_data",
+    "key_distribution_payload",
+    "key_kex_info",
     "pair_mask_label",
     "self_mask_label",
     "share_associated_data",
@@ -27,6 +34,7 @@ __all__ = [
 LABEL_VERSION = 1
 PURPOSE_SHARE_KEY = b"share-encryption"
 PURPOSE_MASK_SEED = b"pairwise-mask"
+PURPOSE_CKKS_KEY = b"ckks-secret-context"
 
 
 def _pair(a: int, b: int) -> bytes:
@@ -73,3 +81,47 @@ def consistency_payload(ctx: RoundContext, survivors: Sequence[int]) -> bytes:
     """What each client signs in the consistency check: the survivor set it was shown."""
     return (b"secagg/v1/consistency" + ctx.digest
             + struct.pack(f">QI{len(survivors)}I", ctx.round_id, len(survivors), *survivors))
+
+
+# -- CKKS key setup (bound to the epoch digest) and CKKS uploads ------------------------------
+
+
+def key_kex_info(ectx: EpochContext, leader: int, recipient: int) -> bytes:
+    """HKDF info of the key under which ``leader`` sends the secret context to ``recipient``:
+    protocol, epoch, purpose and the ordered (leader, recipient) pair."""
+    return kex.pair_info(
+        protocol=ectx.config.protocol.value.encode() + b"/key-setup", version=LABEL_VERSION,
+        round_id=ectx.epoch, purpose=PURPOSE_CKKS_KEY + struct.pack(">II", leader, recipient),
+        a=leader, b=recipient,
+    )
+
+
+def key_delivery_associated_data(
+    ectx: EpochContext, leader: int, recipient: int, fingerprint: bytes
+) -> bytes:
+    """AEAD associated data of the secret context sent by ``leader`` to ``recipient``."""
+    return (b"secagg/v1/ckks/key-delivery" + ectx.digest
+            + struct.pack(">QII", ectx.epoch, leader, recipient) + fingerprint)
+
+
+def key_advert_payload(ectx: EpochContext, u: int, kx_public: bytes) -> bytes:
+    """What member ``u`` signs when it advertises its key-setup public key (active mode)."""
+    return (b"secagg/v1/ckks/key-advert" + ectx.digest + struct.pack(">QI", ectx.epoch, u)
+            + kx_public)
+
+
+def key_distribution_payload(ectx: EpochContext, leader: int, fingerprint: bytes) -> bytes:
+    """What the leader signs (active mode): this epoch's context is the one of ``fingerprint``."""
+    return (b"secagg/v1/ckks/key-distribution" + ectx.digest
+            + struct.pack(">QI", ectx.epoch, leader) + fingerprint)
+
+
+def ckks_input_payload(ctx: RoundContext, u: int, chunks: Sequence[bytes]) -> bytes:
+    """What client ``u`` signs with its encrypted upload (active mode): round, sender and a
+    SHA-256 over the length-prefixed chunks."""
+    h = hashlib.sha256()
+    for c in chunks:
+        h.update(struct.pack(">I", len(c)))
+        h.update(c)
+    return (b"secagg/v1/ckks/input" + ctx.digest + struct.pack(">QI", ctx.round_id, u)
+            + h.digest())

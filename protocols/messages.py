@@ -7,88 +7,54 @@ lengths and raise ``TypeError`` / ``ValueError``; :mod:`protocols.wire` turns th
 
 Client -> server: AdvertiseKeys, ShareKeys, MaskedInput, ConsistencySignature, UnmaskResponse.
 Server -> client: Roster, SharesRelay, ConsistencyRequest, UnmaskRequest.
+
+CKKS key setup (``round_id`` is the key epoch): KeyAdvert, KeyDistribution (leader) and
+KeyConfirm up; KeyRoster and KeyDelivery down. CKKS rounds: CkksInput up, EncryptedSum down.
 """
 
 from __future__ import annotations
 
-import operator
 from dataclasses import dataclass
-from enum import IntEnum
-from typing import Any, ClassVar
+from typing import ClassVar
 
-from protocols.context import MAX_CLIENT_ID, MAX_ROUND_ID
-from secagg import aead, shamir
+from protocols._fields import (
+    KEY_BYTES,
+    MAX_CHUNK_BYTES,
+    MAX_CHUNKS,
+    MAX_CONTEXT_BYTES,
+    MAX_SECRET_BYTES,
+    SHARE_CIPHERTEXT_BYTES,
+    SHARE_PLAINTEXT_BYTES,
+    SIGNATURE_BYTES,
+    MsgType,
+    _bytes,
+    _ids,
+    _int,
+    _pairs,
+    _round_sender,
+)
+from protocols.ckks_messages import (
+    CkksInput,
+    EncryptedSum,
+    KeyAdvert,
+    KeyConfirm,
+    KeyDelivery,
+    KeyDistribution,
+    KeyRoster,
+    KeyRosterEntry,
+)
+from protocols.context import MAX_CLIENT_ID
+from secagg import shamir
 from secagg.packing import packed_size
 
 __all__ = [
-    "KEY_BYTES", "SHARE_CIPHERTEXT_BYTES", "SHARE_PLAINTEXT_BYTES", "SIGNATURE_BYTES",
-    "AdvertiseKeys", "ConsistencyRequest", "ConsistencySignature", "MaskedInput", "Message",
-    "MsgType", "Roster", "RosterEntry", "ShareKeys", "SharesRelay", "UnmaskRequest",
-    "UnmaskResponse",
+    "KEY_BYTES", "MAX_CHUNKS", "MAX_CHUNK_BYTES", "MAX_CONTEXT_BYTES", "MAX_SECRET_BYTES",
+    "SHARE_CIPHERTEXT_BYTES", "SHARE_PLAINTEXT_BYTES", "SIGNATURE_BYTES", "AdvertiseKeys",
+    "CkksInput", "ConsistencyRequest", "ConsistencySignature", "EncryptedSum", "KeyAdvert",
+    "KeyConfirm", "KeyDelivery", "KeyDistribution", "KeyRoster", "KeyRosterEntry",
+    "MaskedInput", "Message", "MsgType", "Roster", "RosterEntry", "ShareKeys", "SharesRelay",
+    "UnmaskRequest", "UnmaskResponse",
 ]
-
-KEY_BYTES = 32
-SIGNATURE_BYTES = 64
-SHARE_PLAINTEXT_BYTES = 4 + 4 + 2 * shamir.SHARE_BYTES
-SHARE_CIPHERTEXT_BYTES = SHARE_PLAINTEXT_BYTES + aead.OVERHEAD
-
-
-class MsgType(IntEnum):
-    """Wire type tags (one byte)."""
-
-    ADVERTISE_KEYS = 1
-    ROSTER = 2
-    SHARE_KEYS = 3
-    SHARES_RELAY = 4
-    MASKED_INPUT = 5
-    CONSISTENCY_REQUEST = 6
-    CONSISTENCY_SIGNATURE = 7
-    UNMASK_REQUEST = 8
-    UNMASK_RESPONSE = 9
-
-
-def _int(name: str, v: Any, hi: int, lo: int = 0) -> None:
-    if not isinstance(v, int) or isinstance(v, bool):
-        raise TypeError(f"{name} must be int, got {type(v).__name__}")
-    if not lo <= v <= hi:
-        raise ValueError(f"{name} must be in [{lo}, {hi}], got {v}")
-
-
-def _bytes(name: str, v: Any, *lengths: int) -> None:
-    if not isinstance(v, bytes):
-        raise TypeError(f"{name} must be bytes, got {type(v).__name__}")
-    if len(v) not in lengths:
-        raise ValueError(f"{name} must be {' or '.join(map(str, lengths))} bytes, got {len(v)}")
-
-
-def _ids(name: str, v: Any) -> None:
-    """A tuple of client ids, strictly ascending (so distinct and canonical)."""
-    if not isinstance(v, tuple):
-        raise TypeError(f"{name} must be a tuple, got {type(v).__name__}")
-    if not all(type(x) is int for x in v):  # fast path; the loop names the culprit
-        for i, x in enumerate(v):
-            _int(f"{name}[{i}]", x, MAX_CLIENT_ID)
-    if v and not (0 <= v[0] and v[-1] <= MAX_CLIENT_ID):
-        raise ValueError(f"{name} must lie in [0, {MAX_CLIENT_ID}]")
-    if not all(map(operator.lt, v, v[1:])):
-        raise ValueError(f"{name} must be strictly ascending")
-
-
-def _pairs(name: str, v: Any, length: int) -> None:
-    """A tuple of (client id, bytes of ``length``) pairs, ids strictly ascending."""
-    if not isinstance(v, tuple):
-        raise TypeError(f"{name} must be a tuple, got {type(v).__name__}")
-    for i, p in enumerate(v):
-        if not isinstance(p, tuple) or len(p) != 2:
-            raise TypeError(f"{name}[{i}] must be an (id, bytes) pair")
-        _bytes(f"{name}[{i}]", p[1], length)
-    _ids(name, tuple(p[0] for p in v))
-
-
-def _round_sender(m: Any) -> None:
-    _int("round_id", m.round_id, MAX_ROUND_ID)
-    if hasattr(m, "sender"):
-        _int("sender", m.sender, MAX_CLIENT_ID)
 
 
 @dataclass(frozen=True, slots=True)
@@ -253,6 +219,7 @@ class UnmaskResponse:
 
 Message = (
     AdvertiseKeys | Roster | ShareKeys | SharesRelay | MaskedInput | ConsistencyRequest
-    | ConsistencySignature | UnmaskRequest | UnmaskResponse
+    | ConsistencySignature | UnmaskRequest | UnmaskResponse | KeyAdvert | KeyRoster
+    | KeyDistribution | KeyDelivery | KeyConfirm | CkksInput | EncryptedSum
 )
 """Any protocol message."""

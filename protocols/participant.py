@@ -14,16 +14,24 @@ and a round that falls below the threshold, abort the server.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from typing import Any, NoReturn
+from typing import Any, Generic, NoReturn, TypeVar
 
 from protocols import wire
 from protocols.context import RoundContext
 from protocols.encoding import Aggregate
+from protocols.epoch import EpochContext
 from protocols.errors import LocalProtocolError, RemoteProtocolError
 from protocols.messages import (
     AdvertiseKeys,
+    CkksInput,
     ConsistencyRequest,
     ConsistencySignature,
+    EncryptedSum,
+    KeyAdvert,
+    KeyConfirm,
+    KeyDelivery,
+    KeyDistribution,
+    KeyRoster,
     MaskedInput,
     Message,
     Roster,
@@ -34,31 +42,35 @@ from protocols.messages import (
 )
 from protocols.transitions import START, ClientStage, ClientTable, ServerStage, ServerTable
 
-__all__ = ["MESSAGE_TYPES", "ClientBase", "ServerBase"]
+__all__ = ["MESSAGE_TYPES", "ClientBase", "CtxT", "ServerBase"]
 
 MESSAGE_TYPES = (
     AdvertiseKeys, Roster, ShareKeys, SharesRelay, MaskedInput, ConsistencyRequest,
-    ConsistencySignature, UnmaskRequest, UnmaskResponse,
+    ConsistencySignature, UnmaskRequest, UnmaskResponse, KeyAdvert, KeyRoster,
+    KeyDistribution, KeyDelivery, KeyConfirm, CkksInput, EncryptedSum,
 )
 
+CtxT = TypeVar("CtxT", RoundContext, EpochContext)
+"""What a session is bound to: a round, or a CKKS key epoch (its ``round_id`` is the epoch)."""
 
-class ClientBase:
+
+class ClientBase(Generic[CtxT]):
     """Stage bookkeeping for a client; subclasses implement the steps and the wipe."""
 
-    def __init__(self, ctx: RoundContext, client_id: int, table: ClientTable) -> None:
-        """Bind the client to its round.
+    def __init__(self, ctx: CtxT, client_id: int, table: ClientTable) -> None:
+        """Bind the client to its round (or key epoch).
 
         Raises:
-            TypeError: ``ctx`` is not a RoundContext.
+            TypeError: ``ctx`` is not a RoundContext or EpochContext.
             LocalProtocolError: ``client_id`` is not one of the round's clients.
         """
-        if not isinstance(ctx, RoundContext):
+        if not isinstance(ctx, (RoundContext, EpochContext)):
             raise TypeError(f"ctx must be RoundContext, got {type(ctx).__name__}")
         if isinstance(client_id, bool) or not isinstance(client_id, int):
             raise TypeError(f"client_id must be int, got {type(client_id).__name__}")
         if not ctx.is_client(client_id):
             raise LocalProtocolError(f"{client_id} is not a client of this round")
-        self._ctx = ctx
+        self._ctx: CtxT = ctx
         self._id = client_id
         self._table = table
         self._stage = ClientStage.NEW
@@ -155,18 +167,18 @@ class ClientBase:
         raise NotImplementedError
 
 
-class ServerBase:
+class ServerBase(Generic[CtxT]):
     """Stage bookkeeping for a server; subclasses validate messages and close stages."""
 
-    def __init__(self, ctx: RoundContext, table: ServerTable) -> None:
-        """Bind the server to its round.
+    def __init__(self, ctx: CtxT, table: ServerTable) -> None:
+        """Bind the server to its round (or key epoch).
 
         Raises:
-            TypeError: ``ctx`` is not a RoundContext.
+            TypeError: ``ctx`` is not a RoundContext or EpochContext.
         """
-        if not isinstance(ctx, RoundContext):
+        if not isinstance(ctx, (RoundContext, EpochContext)):
             raise TypeError(f"ctx must be RoundContext, got {type(ctx).__name__}")
-        self._ctx = ctx
+        self._ctx: CtxT = ctx
         self._table = table
         self._stage = table.first
         self._expected: frozenset[int] = frozenset(ctx.client_ids)
@@ -288,9 +300,13 @@ class ServerBase:
         except BaseException as exc:
             self._fail(exc)
         self._stage = self._table.close[self._stage]
-        self._expected = frozenset(out)
+        self._expected = self._next_expected(out)
         self._received = set()
         return out
+
+    def _next_expected(self, out: dict[int, Message]) -> frozenset[int]:
+        """Who must answer in the next stage: by default everyone just sent a message."""
+        return frozenset(out)
 
     def _fail(self, exc: BaseException) -> NoReturn:
         self._stage = ServerStage.ABORTED

@@ -18,12 +18,12 @@ from protocols.errors import LocalProtocolError, RemoteProtocolError, ThresholdE
 from protocols.messages import MaskedInput, Message
 from protocols.participant import ClientBase, ServerBase
 from protocols.transitions import ServerStage, client_table, server_table
-from secagg.packing import pack, unpack
+from secagg.packing import pack, unpack_add_into
 
 __all__ = ["PlainClient", "PlainServer"]
 
 
-class PlainClient(ClientBase):
+class PlainClient(ClientBase[RoundContext]):
     """A client of the plaintext baseline: ``start(x)`` returns its only message."""
 
     def __init__(self, ctx: RoundContext, client_id: int, **_ignored: Any) -> None:
@@ -50,7 +50,7 @@ class PlainClient(ClientBase):
         """Nothing secret to wipe."""
 
 
-class PlainServer(ServerBase):
+class PlainServer(ServerBase[RoundContext]):
     """The server of the plaintext baseline: sums the encoded inputs."""
 
     def __init__(self, ctx: RoundContext) -> None:
@@ -72,10 +72,9 @@ class PlainServer(ServerBase):
             raise RemoteProtocolError(
                 f"input must be {ctx.vector_length} values of {ctx.config.bits} bits")
         try:
-            values = unpack(msg.data, msg.bits, msg.count)
+            unpack_add_into(self._acc, msg.data, msg.bits, msg.count)
         except ValueError as exc:
             raise RemoteProtocolError(f"input does not unpack: {exc}") from None
-        np.add(self._acc, values, out=self._acc)
 
     def _close(self, stage: ServerStage, received: frozenset[int]) -> dict[int, Message]:
         if not received:

@@ -31,16 +31,16 @@ from protocols.messages import (
     UnmaskResponse,
 )
 from protocols.participant import ServerBase
-from protocols.transitions import ServerStage, server_table
+from protocols.transitions import ServerStage, server_table_for
 from protocols.unmasking import SecretRecovery, remove_masks
 from secagg.errors import InvalidSignature
-from secagg.packing import unpack
+from secagg.packing import unpack_add_into
 from secagg.shamir import Share
 
 __all__ = ["SecAggServer"]
 
 
-class SecAggServer(ServerBase):
+class SecAggServer(ServerBase[RoundContext]):
     """The server of one SecAgg or SecAgg+ round."""
 
     def __init__(self, ctx: RoundContext) -> None:
@@ -51,9 +51,9 @@ class SecAggServer(ServerBase):
             LocalProtocolError: the config is the plaintext baseline.
         """
         cfg = ctx.config
-        super().__init__(ctx, server_table(secure=cfg.is_secure, active=cfg.active))
-        if not cfg.is_secure:
-            raise LocalProtocolError("use PlainServer for the plaintext baseline")
+        super().__init__(ctx, server_table_for(cfg))
+        if not cfg.is_masked:
+            raise LocalProtocolError(f"SecAggServer cannot run {cfg.protocol.value!r}")
         self._adverts: dict[int, AdvertiseKeys] = {}
         self._keys_seen: set[bytes] = set()
         self._graph = round_graph(ctx)
@@ -114,13 +114,13 @@ class SecAggServer(ServerBase):
         if msg.count != ctx.vector_length or msg.bits != ctx.config.bits:
             raise RemoteProtocolError(
                 f"masked input must be {ctx.vector_length} values of {ctx.config.bits} bits")
-        try:
-            values = unpack(msg.data, msg.bits, msg.count)
-        except ValueError as exc:
-            raise RemoteProtocolError(f"masked input does not unpack: {exc}") from None
         if self._acc is None:
             self._acc = np.zeros(ctx.vector_length, dtype=np.uint32)
-        np.add(self._acc, values, out=self._acc)
+        try:
+            # Fused, chunked unpack-and-add; on error the sum is left untouched.
+            unpack_add_into(self._acc, msg.data, msg.bits, msg.count)
+        except ValueError as exc:
+            raise RemoteProtocolError(f"masked input does not unpack: {exc}") from None
 
     def _accept_unmask(self, sender: int, msg: UnmaskResponse) -> None:
         req = self._requests[sender]
@@ -152,8 +152,7 @@ class SecAggServer(ServerBase):
             return self._close_masked(received)
         if stage is ServerStage.CONSISTENCY:
             return self._unmask_requests(received)
-        self._finish(received)
-        return {}
+        return self._finish(received)
 
     def _close_advertise(self, u1: frozenset[int]) -> dict[int, Message]:
         """Send each client the keys of its advertised neighbours; a client with fewer than
@@ -206,17 +205,27 @@ class SecAggServer(ServerBase):
                 rid, tuple(sorted((held & u3) | {v})), tuple(sorted(held - u3)), sigs)
         return dict(self._requests)
 
-    def _finish(self, u5: frozenset[int]) -> None:
+    def _finish(self, u5: frozenset[int]) -> dict[int, Message]:
         assert self._acc is not None
+        self._unmask_into(self._acc)
+        self._result = decode_aggregate(self._ctx, self._acc, self._u3)
+        self._wipe()
+        return {}
+
+    def _unmask_into(self, acc: npt.NDArray[np.uint32]) -> None:
+        """Rebuild the secrets from the unmask answers and strip the masks off ``acc``.
+
+        Raises:
+            ThresholdError: fewer than ``t`` shares of some secret.
+            RemoteProtocolError: inconsistent shares, or a key that was not advertised.
+        """
         recovery = SecretRecovery(self._ctx.config.threshold)
         seeds = {u: recovery.recover(u, self._seed_ys.get(u, {})) for u in self._u3}
         dropped = sorted(self._u2 - frozenset(self._u3))
         keys = {u: recovery.recover(u, self._key_ys.get(u, {})) for u in dropped}
         public = {u: a.s_public for u, a in self._adverts.items()}
-        self.mask_words += remove_masks(self._ctx, self._acc, seeds=seeds, mask_keys=keys,
+        self.mask_words += remove_masks(self._ctx, acc, seeds=seeds, mask_keys=keys,
                                         public_keys=public, neighbours=self._nbrs)
-        self._result = decode_aggregate(self._ctx, self._acc, self._u3)
-        self._wipe()
 
     def _wipe(self) -> None:
         self._seed_ys.clear()

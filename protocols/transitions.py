@@ -5,6 +5,12 @@ Clients: the input is a message type from the server, or the local ``START`` eve
 and ``close`` the stage that follows when the driver closes one. Anything not in a table is
 illegal: the participant raises and (client) aborts, wiping its secrets. Tests enumerate
 every pair; docs can draw the diagrams from here.
+
+Tables: the plaintext baseline; SecAgg(+) passive and active; ``ckks`` (upload at START,
+``masked_input`` collects :class:`~protocols.messages.CkksInput`, closing it returns the
+:class:`~protocols.messages.EncryptedSum`); ``ckks+mask`` (the SecAgg+ stages, encrypted
+uploads, and the sum after ``unmask``); the CKKS key setup (``advertise`` -> ``distribute``
+-> ``confirm``). :func:`client_table_for` / :func:`server_table_for` pick by config.
 """
 
 from __future__ import annotations
@@ -12,6 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import Enum
 
+from protocols.config import ProtocolKind, SecAggConfig
 from protocols.messages import MsgType
 
 __all__ = [
@@ -21,7 +28,11 @@ __all__ = [
     "ServerStage",
     "ServerTable",
     "client_table",
+    "client_table_for",
+    "key_setup_client_table",
+    "key_setup_server_table",
     "server_table",
+    "server_table_for",
 ]
 
 
@@ -33,6 +44,8 @@ class ClientStage(Enum):
     AWAIT_SHARES = "await_shares"
     AWAIT_CONSISTENCY = "await_consistency"
     AWAIT_UNMASK = "await_unmask"
+    AWAIT_KEY = "await_key"
+    AWAIT_SUM = "await_sum"
     DONE = "done"
     ABORTED = "aborted"
 
@@ -45,6 +58,8 @@ class ServerStage(Enum):
     MASKED_INPUT = "masked_input"
     CONSISTENCY = "consistency"
     UNMASK = "unmask"
+    DISTRIBUTE = "distribute"
+    CONFIRM = "confirm"
     DONE = "done"
     ABORTED = "aborted"
 
@@ -136,3 +151,52 @@ def server_table(*, secure: bool, active: bool) -> ServerTable:
     if not active:
         del accept[_S.CONSISTENCY]
     return ServerTable(accept, dict(_SERVER_CLOSE_ACTIVE if active else _SERVER_CLOSE_PASSIVE))
+
+
+_CKKS_CLIENT: dict[tuple[ClientStage, ClientInput], ClientStage] = {
+    (_C.NEW, START): _C.AWAIT_SUM,
+    (_C.AWAIT_SUM, MsgType.ENCRYPTED_SUM): _C.DONE,
+}
+_SUM_AFTER_UNMASK: dict[tuple[ClientStage, ClientInput], ClientStage] = {
+    (_C.AWAIT_UNMASK, MsgType.UNMASK_REQUEST): _C.AWAIT_SUM,
+    (_C.AWAIT_SUM, MsgType.ENCRYPTED_SUM): _C.DONE,
+}
+_KEY_CLIENT: dict[tuple[ClientStage, ClientInput], ClientStage] = {
+    (_C.NEW, START): _C.AWAIT_ROSTER,
+    (_C.AWAIT_ROSTER, MsgType.KEY_ROSTER): _C.AWAIT_KEY,
+    (_C.AWAIT_KEY, MsgType.KEY_DELIVERY): _C.DONE,
+}
+
+
+def client_table_for(config: SecAggConfig) -> ClientTable:
+    """The client table of ``config.protocol`` (active or passive)."""
+    if config.protocol is ProtocolKind.CKKS:
+        return ClientTable(dict(_CKKS_CLIENT))
+    table = client_table(secure=config.is_secure, active=config.active)
+    if config.protocol is ProtocolKind.CKKS_MASK:
+        return ClientTable({**table.moves, **_SUM_AFTER_UNMASK})
+    return table
+
+
+def server_table_for(config: SecAggConfig) -> ServerTable:
+    """The server table of ``config.protocol`` (active or passive)."""
+    if config.protocol is ProtocolKind.CKKS:
+        return ServerTable({_S.MASKED_INPUT: MsgType.CKKS_INPUT}, {_S.MASKED_INPUT: _S.DONE})
+    table = server_table(secure=config.is_secure, active=config.active)
+    if config.protocol is ProtocolKind.CKKS_MASK:
+        table.accept[_S.MASKED_INPUT] = MsgType.CKKS_INPUT
+    return table
+
+
+def key_setup_client_table() -> ClientTable:
+    """The client table of the CKKS key setup (the leader, too, waits for its delivery)."""
+    return ClientTable(dict(_KEY_CLIENT))
+
+
+def key_setup_server_table() -> ServerTable:
+    """The server table of the CKKS key setup."""
+    return ServerTable(
+        {_S.ADVERTISE: MsgType.KEY_ADVERT, _S.DISTRIBUTE: MsgType.KEY_DISTRIBUTION,
+         _S.CONFIRM: MsgType.KEY_CONFIRM},
+        {_S.ADVERTISE: _S.DISTRIBUTE, _S.DISTRIBUTE: _S.CONFIRM, _S.CONFIRM: _S.DONE},
+    )

@@ -2,7 +2,8 @@
 
 Layout: a 4-byte header ``b"SA" || version (u8) || type tag (u8)``, then the fields in a fixed
 order, all integers big-endian: round id u64, client ids u32, lists as a u32 count followed by
-the items, ``(id, bytes)`` pairs as u32 id, u16 length, bytes. A masked vector is
+the items, ``(id, bytes)`` pairs as u32 id, u16 length, bytes (u32 length for the CKKS
+key-setup ciphertexts), CKKS chunks and contexts as u32 length, bytes. A masked vector is
 ``count u32 || bits u8 || packed data`` and must be exactly ``packed_size(count, bits)`` bytes
 (:mod:`secagg.packing`: ``bits/8`` bytes per value). Nothing may follow the last field.
 
@@ -19,8 +20,16 @@ from collections.abc import Callable
 from protocols.errors import RemoteProtocolError
 from protocols.messages import (
     AdvertiseKeys,
+    CkksInput,
     ConsistencyRequest,
     ConsistencySignature,
+    EncryptedSum,
+    KeyAdvert,
+    KeyConfirm,
+    KeyDelivery,
+    KeyDistribution,
+    KeyRoster,
+    KeyRosterEntry,
     MaskedInput,
     Message,
     MsgType,
@@ -63,6 +72,20 @@ class _Writer:
         self.pack("I", len(pairs))
         for cid, b in pairs:
             self.pack("IH", cid, len(b))
+            self.parts.append(b)
+
+    def blob32(self, b: bytes) -> None:
+        self.pack("I", len(b))
+        self.parts.append(b)
+
+    def blobs(self, items: tuple[bytes, ...]) -> None:
+        self.pack("I", len(items))
+        self.parts += [p for b in items for p in (struct.pack(">I", len(b)), b)]
+
+    def pairs32(self, pairs: tuple[tuple[int, bytes], ...]) -> None:
+        self.pack("I", len(pairs))
+        for cid, b in pairs:
+            self.pack("II", cid, len(b))
             self.parts.append(b)
 
     def done(self) -> bytes:
@@ -111,6 +134,19 @@ class _Reader:
         out = []
         for _ in range(self.count(6)):
             cid, length = self.unpack("IH")
+            out.append((cid, self.take(length)))
+        return tuple(out)
+
+    def blob32(self) -> bytes:
+        return self.take(self.u("I"))
+
+    def blobs(self) -> tuple[bytes, ...]:
+        return tuple(self.blob32() for _ in range(self.count(4)))
+
+    def pairs32(self) -> tuple[tuple[int, bytes], ...]:
+        out = []
+        for _ in range(self.count(8)):
+            cid, length = self.unpack("II")
             out.append((cid, self.take(length)))
         return tuple(out)
 
@@ -221,6 +257,89 @@ def _dec_unmask_resp(r: _Reader) -> UnmaskResponse:
     return UnmaskResponse(rid, sender, r.pairs(), r.pairs())
 
 
+def _enc_key_advert(w: _Writer, m: KeyAdvert) -> None:
+    w.pack("QI", m.round_id, m.sender)
+    w.raw(m.kx_public)
+    w.blob8(m.signature)
+
+
+def _dec_key_advert(r: _Reader) -> KeyAdvert:
+    rid, sender = r.unpack("QI")
+    return KeyAdvert(rid, sender, r.take(_KEY), r.blob8())
+
+
+def _enc_key_roster(w: _Writer, m: KeyRoster) -> None:
+    w.pack("QI", m.round_id, len(m.entries))
+    for e in m.entries:
+        w.pack("I", e.client_id)
+        w.raw(e.kx_public)
+        w.blob8(e.signature)
+
+
+def _dec_key_roster(r: _Reader) -> KeyRoster:
+    rid = r.u("Q")
+    return KeyRoster(rid, tuple(KeyRosterEntry(r.u("I"), r.take(_KEY), r.blob8())
+                                for _ in range(r.count(4 + _KEY + 1))))
+
+
+def _enc_key_dist(w: _Writer, m: KeyDistribution) -> None:
+    w.pack("QI", m.round_id, m.sender)
+    w.blob32(m.public_context)
+    w.blob8(m.signature)
+    w.pairs32(m.ciphertexts)
+
+
+def _dec_key_dist(r: _Reader) -> KeyDistribution:
+    rid, sender = r.unpack("QI")
+    return KeyDistribution(rid, sender, r.blob32(), r.blob8(), r.pairs32())
+
+
+def _enc_key_delivery(w: _Writer, m: KeyDelivery) -> None:
+    w.pack("QI", m.round_id, m.leader)
+    w.blob32(m.public_context)
+    w.blob8(m.signature)
+    w.blob32(m.ciphertext)
+
+
+def _dec_key_delivery(r: _Reader) -> KeyDelivery:
+    rid, leader = r.unpack("QI")
+    return KeyDelivery(rid, leader, r.blob32(), r.blob8(), r.blob32())
+
+
+def _enc_key_confirm(w: _Writer, m: KeyConfirm) -> None:
+    w.pack("QI", m.round_id, m.sender)
+    w.raw(m.fingerprint)
+
+
+def _dec_key_confirm(r: _Reader) -> KeyConfirm:
+    rid, sender = r.unpack("QI")
+    return KeyConfirm(rid, sender, r.take(_KEY))
+
+
+def _enc_ckks_input(w: _Writer, m: CkksInput) -> None:
+    w.pack("QI", m.round_id, m.sender)
+    w.blobs(m.chunks)
+    w.blob8(m.signature)
+
+
+def _dec_ckks_input(r: _Reader) -> CkksInput:
+    rid, sender = r.unpack("QI")
+    return CkksInput(rid, sender, r.blobs(), r.blob8())  # arguments evaluate left to right
+
+
+def _enc_sum(w: _Writer, m: EncryptedSum) -> None:
+    w.pack("Q", m.round_id)
+    w.ids(m.included)
+    w.blobs(m.chunks)
+    w.pack("IB", m.mask_count, m.mask_bits)
+    w.raw(m.mask_correction)
+
+
+def _dec_sum(r: _Reader) -> EncryptedSum:
+    rid, included, chunks, (count, bits) = r.u("Q"), r.ids(), r.blobs(), r.unpack("IB")
+    return EncryptedSum(rid, included, chunks, count, bits, r.rest())
+
+
 _Encoder = Callable[[_Writer, Message], None]
 _CODECS: dict[MsgType, tuple[_Encoder, Callable[[_Reader], Message]]] = {
     MsgType.ADVERTISE_KEYS: (_enc_advertise, _dec_advertise),  # type: ignore[dict-item]
@@ -232,6 +351,13 @@ _CODECS: dict[MsgType, tuple[_Encoder, Callable[[_Reader], Message]]] = {
     MsgType.CONSISTENCY_SIGNATURE: (_enc_cons_sig, _dec_cons_sig),  # type: ignore[dict-item]
     MsgType.UNMASK_REQUEST: (_enc_unmask_req, _dec_unmask_req),  # type: ignore[dict-item]
     MsgType.UNMASK_RESPONSE: (_enc_unmask_resp, _dec_unmask_resp),  # type: ignore[dict-item]
+    MsgType.KEY_ADVERT: (_enc_key_advert, _dec_key_advert),  # type: ignore[dict-item]
+    MsgType.KEY_ROSTER: (_enc_key_roster, _dec_key_roster),  # type: ignore[dict-item]
+    MsgType.KEY_DISTRIBUTION: (_enc_key_dist, _dec_key_dist),  # type: ignore[dict-item]
+    MsgType.KEY_DELIVERY: (_enc_key_delivery, _dec_key_delivery),  # type: ignore[dict-item]
+    MsgType.KEY_CONFIRM: (_enc_key_confirm, _dec_key_confirm),  # type: ignore[dict-item]
+    MsgType.CKKS_INPUT: (_enc_ckks_input, _dec_ckks_input),  # type: ignore[dict-item]
+    MsgType.ENCRYPTED_SUM: (_enc_sum, _dec_sum),  # type: ignore[dict-item]
 }
 
 

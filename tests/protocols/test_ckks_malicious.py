@@ -1,0 +1,305 @@
+"""Bad uploads and bad sums: typed errors, the offender barred, honest clients unharmed; and a
+colluding key holder sees only uniformly random uploads in ckks+mask (chi-square)."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import pytest
+
+from protocols import ProtocolError, RemoteProtocolError, ThresholdError, wire
+from protocols.ckks_harness import setup_keys
+from protocols.ckks_round import encrypt_upload
+from protocols.harness import RoundSimulation
+from protocols.messages import CkksInput, EncryptedSum
+from protocols.transitions import ClientStage, ServerStage
+from secagg import rng
+from secagg.ckks import CkksSecretContext, decrypt_ints, encrypt_ints
+from secagg.ckks_sum import CkksSum
+from secagg.ckks_wire import CHUNK_HEADER_BYTES
+from tests.protocols.ckks_helpers import CkksDriver, ckks_config, keyring
+from tests.protocols.helpers import bound, roundtrip
+
+DIM = 5000  # two ciphertext chunks per upload
+
+
+def config(protocol: str, active: bool = False) -> Any:
+    if protocol == "ckks":
+        return ckks_config("ckks", n=4, active=active)
+    return ckks_config("ckks+mask", n=4, k=3, threshold=3, active=active)
+
+
+class Evil(RoundSimulation):
+    """Client 1's upload is rewritten in flight by ``edit`` (bytes -> bytes)."""
+
+    edit: Callable[[bytes], bytes]
+
+    def to_server(self, cid: int, stage: ServerStage, data: bytes) -> bytes | None:
+        if cid == 1 and stage is ServerStage.MASKED_INPUT:
+            return self.edit(data)
+        return data
+
+
+def chunks_edit(fn: Callable[[list[bytes]], list[bytes]]) -> Callable[[bytes], bytes]:
+    def edit(data: bytes) -> bytes:
+        msg = wire.decode(data)
+        assert isinstance(msg, CkksInput)
+        return wire.encode(dataclasses.replace(msg, chunks=tuple(fn(list(msg.chunks)))))
+    return edit
+
+
+def flip(pos: int) -> Callable[[list[bytes]], list[bytes]]:
+    def fn(chunks: list[bytes]) -> list[bytes]:
+        c = bytearray(chunks[0])
+        c[pos] ^= 0x01
+        return [bytes(c), *chunks[1:]]
+    return fn
+
+
+def other_context(chunks: list[bytes]) -> list[bytes]:
+    cfg = config("ckks")
+    other = CkksSecretContext.generate(cfg.ckks_layout.preset)
+    return encrypt_ints(other, np.zeros(DIM, dtype=np.int64), cfg.ckks_layout)
+
+
+def shorter_vector(chunks: list[bytes]) -> list[bytes]:
+    cfg = config("ckks")
+    key = keyring(cfg).secret(1)
+    return encrypt_ints(key, np.zeros(DIM - 1000, dtype=np.int64), cfg.ckks_layout)
+
+
+PASSIVE_CASES = {
+    "truncated chunk": (chunks_edit(lambda c: [c[0][:-1], *c[1:]]), "truncated"),
+    "padded chunk": (chunks_edit(lambda c: [c[0] + b"\0", *c[1:]]), "truncated or padded"),
+    "chunk header (terms)": (chunks_edit(flip(4 + 6 + 4 * 4)), "header differs"),
+    "SEAL header": (chunks_edit(flip(CHUNK_HEADER_BYTES)), "not a SEAL 4"),
+    "garbage chunk": (chunks_edit(lambda c: [b"x" * 100, *c[1:]]), "too short|magic"),
+    "missing chunk": (chunks_edit(lambda c: c[:1]), "expected 2 ciphertext chunks"),
+    "extra chunk": (chunks_edit(lambda c: [*c, c[0]]), "expected 2 ciphertext chunks"),
+    "swapped chunks": (chunks_edit(lambda c: c[::-1]), "header differs"),
+    "other context": (chunks_edit(other_context), "another context"),
+    "wrong vector length": (chunks_edit(shorter_vector), "expected 2|header differs"),
+    "earlier round": (lambda d: wire.encode(dataclasses.replace(wire.decode(d), round_id=0)),
+                      "another round"),
+    "undecodable bytes": (lambda d: d[: len(d) // 2], "truncated|exceeds"),
+}
+
+
+def run_evil(protocol: str, edit: Callable[[bytes], bytes], *, active: bool = False,
+             round_id: int = 1) -> tuple[Evil, Any]:
+    cfg = config(protocol, active)
+    xs = {i: np.linspace(-1, 1, DIM) * (i + 1) / 4 for i in range(4)}
+    sim = Evil(cfg, xs, keys=keyring(cfg), round_id=round_id)
+    sim.edit = edit
+    r = sim.run()
+    assert r.included == (0, 2, 3) and sim.server.barred == {1}
+    assert not r.client_errors  # the honest clients are unharmed
+    truth = xs[0] + xs[2] + xs[3]
+    assert np.max(np.abs(r.aggregate - truth)) <= bound(cfg, 3)
+    return sim, r
+
+
+@pytest.mark.parametrize("protocol", ["ckks", "ckks+mask"])
+@pytest.mark.parametrize("case", list(PASSIVE_CASES))
+def test_bad_upload_is_refused_and_the_round_goes_on(protocol: str, case: str) -> None:
+    edit, match = PASSIVE_CASES[case]
+    _, r = run_evil(protocol, edit)
+    (err,) = r.server_rejections
+    assert isinstance(err, RemoteProtocolError) and err.party == 1
+    assert pytest.importorskip("re").search(match, str(err)), str(err)
+
+
+def _payload_flip(data: bytes) -> bytes:
+    return chunks_edit(flip(CHUNK_HEADER_BYTES + 5000))(data)
+
+
+@pytest.mark.parametrize("protocol", ["ckks", "ckks+mask"])
+@pytest.mark.parametrize("edit", [
+    _payload_flip,  # content tampering SEAL cannot see
+    chunks_edit(lambda c: c[::-1]),
+    lambda d: wire.encode(dataclasses.replace(wire.decode(d), signature=bytes(64))),
+])
+def test_active_mode_signs_uploads(protocol: str, edit: Callable[[bytes], bytes]) -> None:
+    _, r = run_evil(protocol, edit, active=True)
+    (err,) = r.server_rejections
+    assert err.party == 1 and "not signed" in str(err)
+
+
+def test_active_mode_refuses_an_upload_replayed_from_an_earlier_round() -> None:
+    earlier: dict[str, bytes] = {}
+
+    def keep(data: bytes) -> bytes:
+        earlier["upload"] = data
+        return data
+
+    cfg = config("ckks", active=True)
+    xs = {i: np.zeros(DIM) for i in range(4)}
+    sim = Evil(cfg, xs, keys=keyring(cfg), round_id=1)
+    sim.edit = keep
+    sim.run()
+    relabelled = dataclasses.replace(wire.decode(earlier["upload"]), round_id=2)
+    _, r = run_evil("ckks", lambda d: wire.encode(relabelled), active=True, round_id=2)
+    assert "not signed" in str(r.server_rejections[0])
+
+
+# -- a bad encrypted sum (a malicious server or the network) -------------------------------
+
+
+def sum_at(protocol: str) -> tuple[CkksDriver, EncryptedSum]:
+    """A round whose encrypted sums wait in ``d.inbox``."""
+    d = CkksDriver(config(protocol), dim=8)
+    d.start()
+    while not isinstance(next(iter(d.inbox.values()), None), EncryptedSum):
+        d.close()
+        if not isinstance(next(iter(d.inbox.values())), EncryptedSum):
+            d.deliver()
+    msg = d.inbox[0]
+    assert isinstance(msg, EncryptedSum)
+    return d, msg
+
+
+def refuses(d: CkksDriver, msg: Any, err: type[Exception] = RemoteProtocolError) -> None:
+    with pytest.raises(err):
+        d.clients[0].receive(roundtrip(msg))
+    c = d.clients[0]
+    assert c.stage is ClientStage.ABORTED and c._key is None and c.result is None
+    d.clients[1].receive(roundtrip(d.inbox[1]))  # another client is unharmed
+    assert d.clients[1].result is not None
+
+
+def _flip_sum(msg: EncryptedSum) -> EncryptedSum:
+    c = bytearray(msg.chunks[0])
+    c[CHUNK_HEADER_BYTES + 3000] ^= 0x40
+    return dataclasses.replace(msg, chunks=(bytes(c), *msg.chunks[1:]))
+
+
+SUM_EDITS: dict[str, Callable[[EncryptedSum], EncryptedSum]] = {
+    "flipped byte": _flip_sum,
+    "fewer included than summed": lambda m: dataclasses.replace(
+        m, included=tuple(u for u in m.included if u != 2)),
+    "omits the recipient": lambda m: dataclasses.replace(m, included=m.included[1:]),
+    "names a non-client": lambda m: dataclasses.replace(m, included=(*m.included, 99)),
+    "truncated chunk": lambda m: dataclasses.replace(m, chunks=(m.chunks[0][:-9],)),
+}
+
+
+@pytest.mark.parametrize("protocol", ["ckks", "ckks+mask"])
+@pytest.mark.parametrize("case", list(SUM_EDITS))
+def test_bad_sum_is_refused(protocol: str, case: str) -> None:
+    d, msg = sum_at(protocol)
+    refuses(d, SUM_EDITS[case](msg))
+
+
+def test_mask_correction_must_match_the_protocol() -> None:
+    d, msg = sum_at("ckks")
+    refuses(d, dataclasses.replace(msg, mask_count=8, mask_bits=8, mask_correction=bytes(8)))
+    d, msg = sum_at("ckks+mask")
+    refuses(d, dataclasses.replace(msg, mask_count=0, mask_bits=0, mask_correction=b""))
+    d, msg = sum_at("ckks+mask")
+    wrong = dataclasses.replace(msg, mask_bits=8, mask_correction=bytes(8))
+    refuses(d, wrong)
+
+
+def test_sum_that_contradicts_the_unmask_request_is_refused() -> None:
+    d = CkksDriver(config("ckks+mask"), dim=8)
+    d.start()
+    for _ in range(3):  # advertise, share, masked input (client 3 never uploads)
+        d.close()
+        d.deliver(skip={3} if d.server.stage is ServerStage.MASKED_INPUT else ())
+    d.close()  # unmask -> the sums
+    msg = d.inbox[0]
+    assert isinstance(msg, EncryptedSum) and msg.included == (0, 1, 2)
+    # claim that 3 (told to be dropped) is in the sum, with a sum that really holds 4 inputs
+    fake = dataclasses.replace(msg, included=(0, 1, 2, 3))
+    refuses(d, fake)
+
+
+def test_too_few_inputs_in_the_sum_is_a_threshold_error() -> None:
+    cfg = ckks_config("ckks", n=4, threshold=3)
+    d = CkksDriver(cfg, dim=8, keys=keyring(cfg))
+    ups = [d.clients[i].start(d.xs[i])[0] for i in (0, 1)]
+    acc = CkksSum(d.keys.public, cfg.ckks_layout, count=8)
+    for u in ups:
+        acc.add(u.chunks)
+    msg = EncryptedSum(1, (0, 1), tuple(acc.result()))
+    with pytest.raises(ThresholdError):
+        d.clients[0].receive(roundtrip(msg))
+    d.start(skip={0, 1, 2})
+    with pytest.raises(ThresholdError):
+        d.close()
+
+
+# -- what a key holder colluding with the server sees in ckks+mask -------------------------
+
+
+def _chi2_uniform(values: Any, bins: int) -> float:
+    counts = np.bincount(values, minlength=bins)
+    expected = values.size / bins
+    return float(((counts - expected) ** 2 / expected).sum())
+
+
+CHI2_255_P1E6 = 377.0  # Wilson-Hilferty: P[chi2(255) > 377] ~ 1e-6
+
+
+class Tap(RoundSimulation):
+    uploads: dict[int, bytes]
+
+    def to_server(self, cid: int, stage: ServerStage, data: bytes) -> bytes | None:
+        if stage is ServerStage.MASKED_INPUT:
+            self.uploads[cid] = data
+        return data
+
+
+def _deterministic_rng(monkeypatch: pytest.MonkeyPatch) -> None:
+    state = {"n": 0}
+
+    def random_bytes(n: int) -> bytes:
+        state["n"] += 1
+        out = b""
+        while len(out) < n:
+            out += hashlib.sha256(b"test-seed" + state["n"].to_bytes(8, "big")
+                                  + len(out).to_bytes(4, "big")).digest()
+        return out[:n]
+
+    monkeypatch.setattr(rng, "random_bytes", random_bytes)
+
+
+@pytest.mark.parametrize("protocol", ["ckks+mask", "ckks"])
+def test_a_colluding_key_holder_sees_uniform_uploads(protocol: str,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    cfg = config(protocol)
+    _deterministic_rng(monkeypatch)  # fixed seeds (masks, context id): it cannot flake
+    keys = setup_keys(cfg, range(4)).keys
+    dim = 8192
+    xs = {i: np.zeros(dim) for i in range(4)}  # the most structured input there is
+    sim = Tap(cfg, xs, keys=keys)
+    sim.uploads = {}
+    r = sim.run()
+    assert r.included == (0, 1, 2, 3)
+    up = wire.decode(sim.uploads[0])
+    assert isinstance(up, CkksInput)
+    lanes = decrypt_ints(keys.secret(3), list(up.chunks), count=dim, layout=cfg.ckks_layout, n=1)
+    ring = np.bitwise_and(lanes, (1 << cfg.bits) - 1)
+    low = _chi2_uniform(ring & 0xFF, 256)
+    high = _chi2_uniform(ring >> (cfg.bits - 8), 256)
+    if protocol == "ckks+mask":
+        assert low < CHI2_255_P1E6 and high < CHI2_255_P1E6, (low, high)
+    else:  # the same test sees straight through an unmasked upload
+        assert low > 100 * CHI2_255_P1E6 and not ring.any()
+
+
+def test_encrypt_upload_lifts_ring_elements_exactly() -> None:
+    cfg = config("ckks+mask")
+    keys = keyring(cfg)
+    d = CkksDriver(cfg, dim=6, keys=keys)
+    ring = np.array([0, 1, 2**cfg.bits - 1, 2 ** (cfg.bits - 1), 2 ** (cfg.bits - 1) - 1, 5],
+                    dtype=np.uint32)
+    up = encrypt_upload(d.ctx, keys.secret(0), ring, 0, None)
+    lanes = decrypt_ints(keys.secret(0), list(up.chunks), count=6, layout=cfg.ckks_layout, n=1)
+    assert lanes.tolist() == [0, 1, -1, -(2 ** (cfg.bits - 1)), 2 ** (cfg.bits - 1) - 1, 5]
+    with pytest.raises(ProtocolError):
+        d.server.receive(1, dataclasses.replace(up, sender=1))  # not expected yet: advertise
