@@ -19,6 +19,7 @@ from protocols import (
     ThresholdError,
     run_round,
 )
+from protocols.config import CKKS_MIN_SCALE
 from protocols.harness import STAGES, RoundSimulation
 from protocols.transitions import ClientStage
 from secagg.ckks import PRESETS
@@ -41,7 +42,8 @@ def weights_for(n: int, seed: int = 0) -> dict[int, float]:
 
 def plain_twin(cfg: SecAggConfig) -> SecAggConfig:
     """The plaintext baseline with the same fixed point (the exact reference)."""
-    return make_config("plain", n=cfg.n, weighted=cfg.weighted, max_weight=cfg.max_weight)
+    return make_config("plain", n=cfg.n, weighted=cfg.weighted, max_weight=cfg.max_weight,
+                       bits=cfg.bits, scale=cfg.scale)
 
 
 @st.composite
@@ -167,7 +169,7 @@ def test_ckks_config_defaults_and_overrides() -> None:
     c = SecAggConfig(protocol="ckks", n=20)
     assert (c.k, c.threshold, c.is_ckks, c.is_masked, c.is_secure) == (0, 1, True, False, True)
     assert c.ckks_layout is not None and c.ckks_layout.preset.name == "exact-4096"
-    assert c.ckks_value_bits == 18 and c.ckks_layout.n_max == 20  # 2^16 scale, clip 1
+    assert c.ckks_value_bits == 16 and c.ckks_layout.n_max == 20  # 2^14 scale, clip 1
     m = SecAggConfig(protocol="ckks+mask", n=20)
     s = SecAggConfig(protocol="secagg+", n=20)
     assert (m.k, m.threshold) == (s.k, s.threshold) and m.is_masked
@@ -180,6 +182,47 @@ def test_ckks_config_defaults_and_overrides() -> None:
     assert SecAggConfig(protocol="ckks", n=20, ckks_seeded=False).digest != c.digest
     old_size = len(b"secagg/config/v1") + 1 + len(b"secagg+") + struct.calcsize(">IIIIId??dddIIB")
     assert s.ckks_layout is None and len(s.to_bytes()) == old_size  # SecAgg digests unchanged
+
+
+def test_ckks_default_scale_trades_fractional_bits_for_two_lanes() -> None:
+    c = SecAggConfig(protocol="ckks", n=20)
+    assert c.ckks_layout is not None
+    assert (c.scale, c.ckks_layout.preset.name, c.ckks_layout.lanes_per_slot) == (
+        14, "exact-4096", 2)
+    assert c.scale >= CKKS_MIN_SCALE
+    # An explicit scale is kept. At 16 exact-4096 fits one lane; at 15 only the wide preset
+    # (1.5x the bytes per slot) fits two: 14 is the largest scale with two cheap lanes.
+    s16 = SecAggConfig(protocol="ckks", n=20, scale=16)
+    assert s16.scale == 16 and s16.ckks_layout is not None
+    assert s16.ckks_layout.lanes_per_slot == 1
+    s15 = SecAggConfig(protocol="ckks", n=20, scale=15)
+    assert s15.scale == 15 and s15.ckks_layout is not None
+    assert s15.ckks_layout.preset.name == "exact-4096-wide"
+    fixed = SecAggConfig(protocol="ckks", n=20, bits=22)  # explicit bits fix the scale too
+    assert fixed.scale == 16
+    # ckks+mask lanes carry whole ring elements: no scale >= 12 gives them a second lane.
+    assert SecAggConfig(protocol="ckks+mask", n=20).scale == 16
+    # A given preset is packed as densely as it can be: the wide one takes two lanes at 15.
+    wide = SecAggConfig(protocol="ckks", n=20, ckks_preset="exact-4096-wide")
+    assert wide.scale == 15 and wide.ckks_layout is not None
+    assert wide.ckks_layout.lanes_per_slot == 2
+    # Where 16 already packs the most lanes, the default stays 16.
+    assert SecAggConfig(protocol="ckks", n=6).scale == 16
+
+
+def test_default_ckks_round_at_n20_packs_two_lanes_within_the_fixed_point_bound() -> None:
+    n, dim = 20, 8190  # two ciphertexts of 2 x 2048 values, the last lane padded
+    cfg = ckks_config("ckks", n=n)
+    assert cfg.ckks_layout is not None and cfg.ckks_layout.lanes_per_slot == 2
+    xs = inputs(n, dim, seed=20)
+    xs[0][:3] = (-1.0, 1.0, 0.0)  # the clip bounds travel too
+    r = run_round(cfg, xs, {"masked_input": {7}}, keys=keyring(cfg))
+    assert r.included == tuple(i for i in range(n) if i != 7)
+    truth = sum(xs[i] for i in r.included)
+    assert np.max(np.abs(r.aggregate - truth)) <= bound(cfg, len(r.included))
+    ref = run_round(plain_twin(cfg), xs, {"masked_input": {7}})
+    np.testing.assert_array_equal(r.output.ring, ref.output.ring)  # exact integer sums
+    assert r.bytes_up_per_client < 8.5 * dim  # two values per slot: about 8 bytes per value
 
 
 @pytest.mark.parametrize(("kw", "match"), [
