@@ -1,7 +1,9 @@
 """The ``secagg`` console script.
 
 Subcommands grow with the library: ``bench`` runs the benchmark suite (``secagg bench
-primitives``, ``secagg bench protocol``); later ``serve``, ``client``, ``run`` and ``keygen``.
+primitives``, ``secagg bench protocol``, ``secagg bench transport``); ``keygen`` writes CurveZMQ
+and identity key files (``secagg keygen server --out keys/``, ``secagg keygen client --out keys/
+--ids 1-20``); later ``serve``, ``client`` and ``run``.
 """
 
 from __future__ import annotations
@@ -19,7 +21,9 @@ BENCHMARKS: dict[str, str] = {
     "primitives": "benchmarks.primitives",
     "protocol": "benchmarks.protocol",
     "ckks": "benchmarks.ckks_bench",
+    "transport": "benchmarks.transport",
 }
+_MAX_IDS_PER_CALL = 100_000
 
 
 def _version() -> str:
@@ -29,6 +33,58 @@ def _version() -> str:
         return version("secagg")
     except PackageNotFoundError:  # running from a source tree without installing
         return "unknown"
+
+
+def parse_ids(text: str) -> list[int]:
+    """Parse ``"1-3,7"`` into ``[1, 2, 3, 7]`` (sorted, no duplicates).
+
+    Raises:
+        argparse.ArgumentTypeError: malformed, empty, a reversed range, or too many ids.
+    """
+    ids: set[int] = set()
+    try:
+        for part in text.split(","):
+            lo, sep, hi = part.strip().partition("-")
+            first, last = int(lo), int(hi) if sep else int(lo)
+            if first < 0 or last < first or last - first >= _MAX_IDS_PER_CALL:
+                raise ValueError(part)
+            ids.update(range(first, last + 1))
+            if len(ids) > _MAX_IDS_PER_CALL:
+                raise ValueError("too many ids")
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"bad id list {text!r}: {exc}") from None
+    return sorted(ids)
+
+
+def _keygen(ns: argparse.Namespace) -> int:
+    """Write key files; return the exit status (1 if a file exists and --force is absent)."""
+    from fl_core import keyfiles, keys
+    from fl_core.errors import KeyFileExists
+
+    if not ns.force:  # all or nothing: check every target before writing any
+        paths = ([keyfiles.server_paths(ns.out)] if ns.role == "server"
+                 else [keyfiles.client_paths(ns.out, cid) for cid in ns.ids])
+        existing = [str(p) for pair in paths for p in pair if p.exists()]
+        if existing:
+            print(f"secagg keygen: {', '.join(existing[:3])} exist(s); nothing written "
+                  "(--force overwrites)", file=sys.stderr)
+            return 1
+    try:
+        if ns.role == "server":
+            written = [keyfiles.write_server_keys(ns.out, keys.CurveKeyPair.generate(),
+                                                  force=ns.force)]
+        else:
+            written = [keyfiles.write_client_keys(ns.out, keys.ClientKeys.generate(cid),
+                                                  force=ns.force) for cid in ns.ids]
+    except (KeyFileExists, ValueError) as exc:
+        print(f"secagg keygen: {exc}", file=sys.stderr)
+        return 1
+    for public, secret in written:
+        print(f"wrote {public} (0644) and {secret} (0600)")
+    if ns.role == "client":
+        print("give the server the client-*.public.json files (its allowlist folder); "
+              "keep the secret files on their clients")
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -41,10 +97,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     bench = sub.add_parser("bench", help="run a benchmark and write JSON to benchmarks/results/")
     bench.add_argument("name", choices=sorted(BENCHMARKS), help="which benchmark")
     bench.add_argument("args", nargs=argparse.REMAINDER, help="options of that benchmark (--help)")
+    keygen = sub.add_parser(
+        "keygen", help="write CurveZMQ (and client identity) key files, secrets mode 0600"
+    )
+    keygen.add_argument("role", choices=["server", "client"], help="whose keys")
+    keygen.add_argument("--out", required=True, help="folder to write into (created 0700)")
+    keygen.add_argument("--ids", type=parse_ids, help="client ids, e.g. 1-20,25 (client only)")
+    keygen.add_argument("--force", action="store_true", help="overwrite existing key files")
     ns = ap.parse_args(list(sys.argv[1:] if argv is None else argv))
     if ns.command == "bench":
         module = importlib.import_module(BENCHMARKS[ns.name])
         return int(module.main(ns.args))
+    if ns.command == "keygen":
+        if (ns.role == "client") != (ns.ids is not None):
+            ap.error("keygen: --ids is required for client keys and only for them")
+        return _keygen(ns)
     ap.error(f"unknown command {ns.command!r}")
     return 2  # pragma: no cover - ap.error exits
 
