@@ -29,14 +29,14 @@ def plot_primitives(res: dict[str, Any], out: Path) -> Path:
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.5))
     labels, values = [], []
     for key in ("prg_16MiB", "prg_64MiB"):
-        labels += [f"AES-CTR keystream\n{key[4:]}", f"mask expand+add\n{key[4:]}"]
+        labels += [f"AES-CTR keystream {key[4:]}", f"mask expand+add {key[4:]}"]
         values += [res[key]["keystream_gbps"], res[key]["expand_add_gbps"]]
     fp = res["fixedpoint"]
     for k in ("encode_nearest_gbps", "decode_gbps", "pack20_gbps", "unpack20_gbps"):
-        labels.append(k[:-5].replace("_", "\n"))
+        labels.append(k[:-5].replace("_", " "))
         values.append(fp[k])
     ax1.bar(range(len(values)), values, color=["#555", "#1f77b4"] * 2 + ["#2ca02c"] * 4)
-    ax1.set_xticks(range(len(values)), labels, fontsize=7)
+    ax1.set_xticks(range(len(values)), labels, fontsize=7, rotation=35, ha="right")
     ax1.set_ylabel("GB/s (one core)")
     ax1.set_title("primitives, measured side by side")
     ckks = res.get("ckks", [])
@@ -51,7 +51,7 @@ def plot_primitives(res: dict[str, Any], out: Path) -> Path:
         ax2.text(0, 4.5, "float32 plaintext (4 B)", fontsize=7)
         ax2.set_ylabel("bytes per value on the wire")
         ax2.set_title("CKKS ciphertext size per value")
-        ax2.tick_params(axis="x", labelsize=7)
+        ax2.set_xticks(range(len(names)), names, fontsize=6, rotation=35, ha="right")
     fig.tight_layout()
     path = out / "primitives.png"
     fig.savefig(path, dpi=110)

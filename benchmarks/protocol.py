@@ -148,8 +148,8 @@ def _flower(row: dict[str, Any], rounds: int) -> dict[str, Any]:
             str(row["dim"]),
             "--dropout",
             str(row["dropout"]),
-            "--num-shares",
-            "0" if full else str(row["k"]),
+            "--num-shares",  # Flower counts the holder's own share: k neighbours + 1
+            "0" if full else str(row["k"] + 1),
             "--threshold",
             str(row["threshold"]),
             "--rounds",
@@ -185,7 +185,7 @@ def _skip_reason(protocol: str, n: int, dim: int, dropout: float) -> str | None:
 def sweep(
     protocols: list[str], out_dir: Path, dims: tuple[int, ...] = SWEEP_DIM
 ) -> list[dict[str, Any]]:
-    """Run the grid; write one JSON per point and ``protocol_sweep.json``; return the rows."""
+    """Run the grid; write every row to ``protocol_sweep.json``; return the rows."""
     rows: list[dict[str, Any]] = []
     for dim in dims:
         for n in SWEEP_N:
@@ -208,7 +208,6 @@ def sweep(
                     row = run_point(proto, n, dim, p)
                     rows.append(row)
                     print(_line(row), flush=True)
-                    write_json(out_dir / f"protocol_{proto}_n{n}_d{dim}_p{p}.json", row)
     write_json(
         out_dir / "protocol_sweep.json",
         {"benchmark": "protocol_sweep", "machine": machine_info(), "rows": rows},
