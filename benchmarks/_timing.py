@@ -11,7 +11,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-__all__ = ["machine_info", "median_time", "write_json"]
+__all__ = ["format_value", "machine_info", "median_time", "write_json"]
 
 
 def median_time(fn: Callable[[], object], *, repeat: int, warmup: int = 1) -> float:
@@ -47,3 +47,10 @@ def write_json(path: str | Path, payload: Mapping[str, Any]) -> Path:
     p.parent.mkdir(parents=True, exist_ok=True)
     p.write_text(json.dumps(payload, indent=2, sort_keys=False) + "\n")
     return p
+
+
+def format_value(v: Any) -> str:
+    """A table cell: floats as ``1.23M`` from 1e5 up, else 3 significant digits; None empty."""
+    if isinstance(v, float):
+        return f"{v / 1e6:.2f}M" if v >= 1e5 else f"{v:.3g}"
+    return "" if v is None else str(v)

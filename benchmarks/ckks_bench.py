@@ -36,7 +36,7 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks._timing import machine_info, write_json
+from benchmarks._timing import format_value, machine_info, write_json
 
 __all__ = ["main", "measure"]
 
@@ -336,14 +336,8 @@ def print_table(rows: list[dict[str, Any]]) -> None:
         t.add_column(c.replace("_values_per_s", " val/s").replace("_", " "), justify="right",
                      no_wrap=c == "preset")
     for r in rows:
-        t.add_row(*(_fmt(r.get(c)) for c in cols))
+        t.add_row(*(format_value(r.get(c)) for c in cols))
     Console(width=max(170, Console().width)).print(t)
-
-
-def _fmt(v: Any) -> str:
-    if isinstance(v, float):
-        return f"{v / 1e6:.2f}M" if v >= 1e5 else f"{v:.3g}"
-    return "" if v is None else str(v)
 
 
 def main(argv: list[str] | None = None) -> int:

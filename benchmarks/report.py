@@ -10,6 +10,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from benchmarks._timing import format_value
+
 __all__ = ["main", "render"]
 
 
@@ -21,6 +23,11 @@ def _table(head: list[str], rows: list[list[str]]) -> str:
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     lines += ["| " + " | ".join(r) + " |" for r in rows]
     return "\n".join(lines) + "\n"
+
+
+def _cells(row: dict[str, Any], cols: list[str]) -> list[str]:
+    """Floats to 3 significant digits, anything else (a missing key: empty) as text."""
+    return [f"{row[c]:.3g}" if isinstance(row.get(c), float) else str(row.get(c, "")) for c in cols]
 
 
 def _primitives(p: dict[str, Any]) -> str:
@@ -64,17 +71,7 @@ def _ckks(rows: list[dict[str, Any]]) -> str:
         "max_error",
         "exact",
     ]
-    body = []
-    for r in rows:
-        cells = []
-        for c in cols:
-            v = r.get(c)
-            if isinstance(v, float):
-                cells.append(f"{v / 1e6:.2f}M" if v >= 1e5 else f"{v:.3g}")
-            else:
-                cells.append("" if v is None else str(v))
-        body.append(cells)
-    return _table(cols, body)
+    return _table(cols, [[format_value(r.get(c)) for c in cols] for r in rows])
 
 
 def _protocol_rows(rows: list[dict[str, Any]]) -> str:
@@ -94,12 +91,7 @@ def _protocol_rows(rows: list[dict[str, Any]]) -> str:
         "keystream_bound_s",
         "bytes_up_per_value",
     ]
-    body = [
-        [f"{r[c]:.3g}" if isinstance(r.get(c), float) else str(r.get(c, "")) for c in cols]
-        for r in rows
-        if "skipped" not in r
-    ]
-    return _table(cols, body)
+    return _table(cols, [_cells(r, cols) for r in rows if "skipped" not in r])
 
 
 def _flower(rows: list[dict[str, Any]]) -> str:
@@ -115,12 +107,7 @@ def _flower(rows: list[dict[str, Any]]) -> str:
         "bytes_up_per_value",
         "flower_bytes_up_per_client",
     ]
-    body = []
-    for r in rows:
-        body.append(
-            [f"{r[c]:.3g}" if isinstance(r.get(c), float) else str(r.get(c, "")) for c in cols]
-        )
-    return _table(cols, body)
+    return _table(cols, [_cells(r, cols) for r in rows])
 
 
 def render(out: Path) -> str:

@@ -7,6 +7,7 @@ Constructors of the message dataclasses call these and raise ``TypeError`` / ``V
 from __future__ import annotations
 
 import operator
+from collections.abc import Callable
 from enum import IntEnum
 from typing import Any
 
@@ -71,15 +72,20 @@ def _ids(name: str, v: Any) -> None:
         raise ValueError(f"{name} must be strictly ascending")
 
 
-def _pairs(name: str, v: Any, length: int) -> None:
-    """A tuple of (client id, bytes of ``length``) pairs, ids strictly ascending."""
+def _id_pairs(name: str, v: Any, check: Callable[[str, Any], None]) -> None:
+    """A tuple of (client id, bytes) pairs, ids strictly ascending; ``check`` vets the bytes."""
     if not isinstance(v, tuple):
         raise TypeError(f"{name} must be a tuple, got {type(v).__name__}")
     for i, p in enumerate(v):
         if not isinstance(p, tuple) or len(p) != 2:
             raise TypeError(f"{name}[{i}] must be an (id, bytes) pair")
-        _bytes(f"{name}[{i}]", p[1], length)
+        check(f"{name}[{i}]", p[1])
     _ids(name, tuple(p[0] for p in v))
+
+
+def _pairs(name: str, v: Any, length: int) -> None:
+    """A tuple of (client id, bytes of ``length``) pairs, ids strictly ascending."""
+    _id_pairs(name, v, lambda n, b: _bytes(n, b, length))
 
 
 def _blob(name: str, v: Any, lo: int, hi: int) -> None:
@@ -107,10 +113,14 @@ def _round_sender(m: Any) -> None:
 
 def _var_pairs(name: str, v: Any, hi: int) -> None:
     """``(client id, bytes of 1..hi)`` pairs, ids strictly ascending."""
+    _id_pairs(name, v, lambda n, b: _blob(n, b, 1, hi))
+
+
+def _entries(v: Any, cls: type) -> None:
+    """A tuple of ``cls`` roster entries, their ``client_id`` strictly ascending."""
     if not isinstance(v, tuple):
-        raise TypeError(f"{name} must be a tuple, got {type(v).__name__}")
-    for i, p in enumerate(v):
-        if not isinstance(p, tuple) or len(p) != 2:
-            raise TypeError(f"{name}[{i}] must be an (id, bytes) pair")
-        _blob(f"{name}[{i}]", p[1], 1, hi)
-    _ids(name, tuple(p[0] for p in v))
+        raise TypeError("entries must be a tuple")
+    for i, e in enumerate(v):
+        if not isinstance(e, cls):
+            raise TypeError(f"entries[{i}] must be {cls.__name__}")
+    _ids("entries ids", tuple(e.client_id for e in v))

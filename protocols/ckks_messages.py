@@ -19,6 +19,7 @@ from protocols._fields import (
     _blob,
     _bytes,
     _chunks,
+    _entries,
     _ids,
     _int,
     _round_sender,
@@ -79,12 +80,7 @@ class KeyRoster:
 
     def __post_init__(self) -> None:
         _round_sender(self)
-        if not isinstance(self.entries, tuple):
-            raise TypeError("entries must be a tuple")
-        for i, e in enumerate(self.entries):
-            if not isinstance(e, KeyRosterEntry):
-                raise TypeError(f"entries[{i}] must be KeyRosterEntry")
-        _ids("entries ids", tuple(e.client_id for e in self.entries))
+        _entries(self.entries, KeyRosterEntry)
 
 
 @dataclass(frozen=True, slots=True)

@@ -21,7 +21,7 @@ Helpers shared with ``ckks+mask`` (:mod:`protocols.ckks_mask`) live here too.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import numpy.typing as npt
@@ -58,6 +58,18 @@ def _layout(cfg: SecAggConfig) -> SlotLayout:
     return cfg.ckks_layout
 
 
+_C = TypeVar("_C", CkksSecretContext, CkksPublicContext)
+
+
+def _bound(ctx: RoundContext, value: Any, cls: type[_C], name: str, what: str) -> _C:
+    """``value`` if it is a ``cls`` of the round's CKKS context and preset."""
+    if not isinstance(value, cls):
+        raise TypeError(f"{name} must be {cls.__name__}, got {type(value).__name__}")
+    if value.fingerprint != ctx.ckks_fingerprint or value.preset != _layout(ctx.config).preset:
+        raise LocalProtocolError(f"{what} is not the one this round is bound to")
+    return value
+
+
 def check_key(ctx: RoundContext, key: Any) -> CkksSecretContext:
     """``key`` if it is the round's secret context.
 
@@ -65,11 +77,7 @@ def check_key(ctx: RoundContext, key: Any) -> CkksSecretContext:
         TypeError: not a :class:`CkksSecretContext`.
         LocalProtocolError: another context than the round's, or another preset.
     """
-    if not isinstance(key, CkksSecretContext):
-        raise TypeError(f"key must be CkksSecretContext, got {type(key).__name__}")
-    if key.fingerprint != ctx.ckks_fingerprint or key.preset != _layout(ctx.config).preset:
-        raise LocalProtocolError("the CKKS key is not the one this round is bound to")
-    return key
+    return _bound(ctx, key, CkksSecretContext, "key", "the CKKS key")
 
 
 def check_public(ctx: RoundContext, public: Any) -> CkksPublicContext:
@@ -79,11 +87,7 @@ def check_public(ctx: RoundContext, public: Any) -> CkksPublicContext:
         TypeError: not a :class:`CkksPublicContext`.
         LocalProtocolError: another context than the round's, or another preset.
     """
-    if not isinstance(public, CkksPublicContext):
-        raise TypeError(f"public must be CkksPublicContext, got {type(public).__name__}")
-    if public.fingerprint != ctx.ckks_fingerprint or public.preset != _layout(ctx.config).preset:
-        raise LocalProtocolError("the public context is not the one this round is bound to")
-    return public
+    return _bound(ctx, public, CkksPublicContext, "public", "the public context")
 
 
 def check_identity(ctx: RoundContext, cid: int, identity: Any) -> SigningKey | None:

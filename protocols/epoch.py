@@ -20,10 +20,9 @@ from __future__ import annotations
 import hashlib
 import struct
 from collections.abc import Iterable, Mapping
-from typing import Any
 
 from protocols.config import SecAggConfig
-from protocols.context import MAX_CLIENT_ID, MAX_ROUND_ID
+from protocols.context import MAX_CLIENT_ID, MAX_ROUND_ID, _check_int
 from protocols.errors import ConfigError
 from secagg.sign import VerifyKey
 
@@ -31,14 +30,6 @@ __all__ = ["MAX_SEED_BYTES", "EpochContext"]
 
 MAX_SEED_BYTES = 64
 _LEADER_TAG = b"secagg/v1/ckks/leader"
-
-
-def _check_int(name: str, value: Any, hi: int, lo: int = 0) -> int:
-    if not isinstance(value, int) or isinstance(value, bool):
-        raise TypeError(f"{name} must be int, got {type(value).__name__}")
-    if not lo <= value <= hi:
-        raise ConfigError(f"{name} must be in [{lo}, {hi}], got {value}")
-    return value
 
 
 class EpochContext:

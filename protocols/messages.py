@@ -28,6 +28,7 @@ from protocols._fields import (
     SIGNATURE_BYTES,
     MsgType,
     _bytes,
+    _entries,
     _ids,
     _int,
     _pairs,
@@ -101,12 +102,7 @@ class Roster:
 
     def __post_init__(self) -> None:
         _round_sender(self)
-        if not isinstance(self.entries, tuple):
-            raise TypeError("entries must be a tuple")
-        for i, e in enumerate(self.entries):
-            if not isinstance(e, RosterEntry):
-                raise TypeError(f"entries[{i}] must be RosterEntry")
-        _ids("entries ids", tuple(e.client_id for e in self.entries))
+        _entries(self.entries, RosterEntry)
 
 
 @dataclass(frozen=True, slots=True)

@@ -68,10 +68,11 @@ class _Writer:
     def ids(self, ids: tuple[int, ...]) -> None:
         self.pack(f"I{len(ids)}I", len(ids), *ids)
 
-    def pairs(self, pairs: tuple[tuple[int, bytes], ...]) -> None:
+    def pairs(self, pairs: tuple[tuple[int, bytes], ...], head: str = "IH") -> None:
+        """Count, then per pair its ``head`` (u32 id, u16 or u32 length) and the bytes."""
         self.pack("I", len(pairs))
         for cid, b in pairs:
-            self.pack("IH", cid, len(b))
+            self.pack(head, cid, len(b))
             self.parts.append(b)
 
     def blob32(self, b: bytes) -> None:
@@ -81,12 +82,6 @@ class _Writer:
     def blobs(self, items: tuple[bytes, ...]) -> None:
         self.pack("I", len(items))
         self.parts += [p for b in items for p in (struct.pack(">I", len(b)), b)]
-
-    def pairs32(self, pairs: tuple[tuple[int, bytes], ...]) -> None:
-        self.pack("I", len(pairs))
-        for cid, b in pairs:
-            self.pack("II", cid, len(b))
-            self.parts.append(b)
 
     def done(self) -> bytes:
         return b"".join(self.parts)
@@ -130,10 +125,10 @@ class _Reader:
         c = self.count(4)
         return self.unpack(f"{c}I")
 
-    def pairs(self) -> tuple[tuple[int, bytes], ...]:
+    def pairs(self, head: str = "IH") -> tuple[tuple[int, bytes], ...]:
         out = []
-        for _ in range(self.count(6)):
-            cid, length = self.unpack("IH")
+        for _ in range(self.count(struct.calcsize(">" + head))):
+            cid, length = self.unpack(head)
             out.append((cid, self.take(length)))
         return tuple(out)
 
@@ -142,13 +137,6 @@ class _Reader:
 
     def blobs(self) -> tuple[bytes, ...]:
         return tuple(self.blob32() for _ in range(self.count(4)))
-
-    def pairs32(self) -> tuple[tuple[int, bytes], ...]:
-        out = []
-        for _ in range(self.count(8)):
-            cid, length = self.unpack("II")
-            out.append((cid, self.take(length)))
-        return tuple(out)
 
     def rest(self) -> bytes:
         return self.take(len(self._data) - self._pos)
@@ -286,12 +274,12 @@ def _enc_key_dist(w: _Writer, m: KeyDistribution) -> None:
     w.pack("QI", m.round_id, m.sender)
     w.blob32(m.public_context)
     w.blob8(m.signature)
-    w.pairs32(m.ciphertexts)
+    w.pairs(m.ciphertexts, "II")
 
 
 def _dec_key_dist(r: _Reader) -> KeyDistribution:
     rid, sender = r.unpack("QI")
-    return KeyDistribution(rid, sender, r.blob32(), r.blob8(), r.pairs32())
+    return KeyDistribution(rid, sender, r.blob32(), r.blob8(), r.pairs("II"))
 
 
 def _enc_key_delivery(w: _Writer, m: KeyDelivery) -> None:

@@ -76,11 +76,15 @@ def _load_tenseal(data: bytes) -> Any:
         raise CkksError("TenSEAL context does not load") from exc
 
 
-def _preset_named(name: str) -> CkksPreset:
+def _open_envelope(magic: bytes, data: Any) -> tuple[CkksPreset, bytes, bytes]:
+    """``(preset, context id, payload)`` of a serialized context; the preset must be known."""
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        raise TypeError(f"data must be bytes, got {type(data).__name__}")
+    name, context_id, payload = decode_envelope(magic, bytes(data))
     preset = PRESETS.get(name)
     if preset is None:
         raise CkksError(f"unknown CKKS preset {name!r}")
-    return preset
+    return preset, context_id, payload
 
 
 class CkksPublicContext:
@@ -115,13 +119,10 @@ class CkksPublicContext:
             TypeError: ``data`` is not bytes.
             CkksError: malformed, unknown preset, or any key (secret or otherwise) inside.
         """
-        if not isinstance(data, (bytes, bytearray, memoryview)):
-            raise TypeError(f"data must be bytes, got {type(data).__name__}")
-        name, context_id, payload = decode_envelope(_PUBLIC_MAGIC, bytes(data))
-        preset = _preset_named(name)
+        preset, context_id, payload = _open_envelope(_PUBLIC_MAGIC, data)
         if payload != _reference_public_bytes(preset):
             raise CkksError(
-                f"public context must hold exactly the {name} parameters and no key material"
+                f"public context must hold exactly the {preset.name} parameters and no key material"
             )
         ctx = _load_tenseal(payload)
         if ctx.is_private():
@@ -203,13 +204,10 @@ class CkksSecretContext:
             CkksError: malformed, unknown preset, parameters other than the preset's,
                 asymmetric, or no secret key.
         """
-        if not isinstance(data, (bytes, bytearray, memoryview)):
-            raise TypeError(f"data must be bytes, got {type(data).__name__}")
-        name, context_id, payload = decode_envelope(_SECRET_MAGIC, bytes(data))
-        preset = _preset_named(name)
+        preset, context_id, payload = _open_envelope(_SECRET_MAGIC, data)
         reference = _reference_public_bytes(preset)
         if context_proto_field(payload, 1) != context_proto_field(reference, 1):
-            raise CkksError(f"secret context parameters are not those of {name}")
+            raise CkksError(f"secret context parameters are not those of {preset.name}")
         if context_proto_int(payload, 4) != _SYMMETRIC or not context_proto_field(payload, 3, 1):
             raise CkksError("secret context must be symmetric and hold a secret key")
         ctx = _load_tenseal(payload)
