@@ -43,12 +43,14 @@ bench: $(STAMP)
 	    --peer flower --json benchmarks/results/vs_flower_$${p}_p$$d.json || exit 1; done; done
 	$(PY) -m benchmarks.plot
 
-# The main job. Until the federated runtime lands: the primitives against their limits and one
-# in-process SecAgg+ round of 20 clients x 10^6 values, checked against the plain sum.
+# The main job. Until the federated fine-tuning lands (issue 6): a server and 4 clients as
+# separate processes over ZeroMQ with CurveZMQ, 5 SecAgg+ rounds of 10^6-value updates checked
+# against the plaintext sum, then the primitives against their physical limits.
 run: $(STAMP)
-	$(SECAGG) bench primitives --quick --json benchmarks/results/run_primitives.json
-	$(SECAGG) bench protocol --protocol secagg+ --clients 20 --dim 1000000 --dropout 0.1 \
-	  --json benchmarks/results/run_protocol.json
+	rm -f .secagg/checkpoint.json
+	$(SECAGG) run --protocol secagg+ --n 4 --dim 1000000 --rounds 5 --keys .secagg/keys \
+	  --checkpoint .secagg/checkpoint.json --json .secagg/run_summary.json
+	$(SECAGG) bench primitives --quick --json .secagg/primitives.json
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build *.egg-info

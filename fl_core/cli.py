@@ -3,7 +3,8 @@
 Subcommands grow with the library: ``bench`` runs the benchmark suite (``secagg bench
 primitives``, ``secagg bench protocol``, ``secagg bench transport``); ``keygen`` writes CurveZMQ
 and identity key files (``secagg keygen server --out keys/``, ``secagg keygen client --out keys/
---ids 1-20``); later ``serve``, ``client`` and ``run``.
+--ids 1-20``); ``serve`` runs the server (``fl_core.commands``), ``client`` one client,
+and ``run`` a server and N clients as separate processes on localhost (``fl_core.runner``).
 """
 
 from __future__ import annotations
@@ -87,6 +88,39 @@ def _keygen(ns: argparse.Namespace) -> int:
     return 0
 
 
+def _add_runtime_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    from fl_core import commands
+
+    serve = sub.add_parser("serve", help="run the aggregation server")
+    commands.add_common_args(serve)
+    commands.add_serve_args(serve)
+    serve.add_argument("--bind", default="tcp://127.0.0.1:7700")
+    serve.add_argument("--progress", action="store_true",
+                       help="JSON progress lines on stdout (used by secagg run)")
+    client = sub.add_parser("client", help="run one client")
+    commands.add_common_args(client)
+    commands.add_client_args(client)
+    run = sub.add_parser("run", help="a server and N clients as processes on localhost")
+    commands.add_common_args(run)
+    commands.add_serve_args(run)
+    run.add_argument("--port", type=int, default=0, help="server port (0: a free one)")
+
+
+def _run_runtime(ns: argparse.Namespace) -> int:
+    from fl_core import commands
+
+    if ns.n < 1 or ns.dim < 1 or getattr(ns, "rounds", 1) < 1:
+        print("secagg: --n, --dim and --rounds must be >= 1", file=sys.stderr)
+        return 2
+    if ns.command == "serve":
+        return commands.serve_main(ns, progress_stream=sys.stdout if ns.progress else None)
+    if ns.command == "client":
+        return commands.client_main(ns)
+    from fl_core.runner import run_main
+
+    return run_main(ns)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Parse ``argv`` and run the chosen subcommand; return the process exit status."""
     ap = argparse.ArgumentParser(
@@ -104,7 +138,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     keygen.add_argument("--out", required=True, help="folder to write into (created 0700)")
     keygen.add_argument("--ids", type=parse_ids, help="client ids, e.g. 1-20,25 (client only)")
     keygen.add_argument("--force", action="store_true", help="overwrite existing key files")
+    _add_runtime_parsers(sub)
     ns = ap.parse_args(list(sys.argv[1:] if argv is None else argv))
+    if ns.command in ("serve", "client", "run"):
+        return _run_runtime(ns)
     if ns.command == "bench":
         module = importlib.import_module(BENCHMARKS[ns.name])
         return int(module.main(ns.args))

@@ -1,0 +1,154 @@
+"""What server and client apps agree on around the protocol: stage numbers, the control
+messages (round start, goodbye), the transport limits of a round, and a synthetic update.
+
+Envelope stages: ``0`` is the control channel (client hellos and heartbeats, the server's
+round start and goodbye); protocol stages are numbered ``1 + index`` in
+:class:`~protocols.transitions.ServerStage`, the stage the server is collecting when the
+message is sent. No protocol logic here: the protocol's bytes ride opaquely.
+
+A round start is ``u32 header length | JSON header | float64 global state``. The header
+carries everything public the client needs to build the same
+:class:`~protocols.context.RoundContext` as the server: the config's constructor arguments
+(both sides derive the rest identically; the context digest binds them), round id, dim,
+sampled ids and, in active mode, the sampled clients' Ed25519 verify keys from the server's
+allowlist (each bound to its Curve key by a signature checked when the allowlist loaded).
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+import numpy as np
+import numpy.typing as npt
+
+from fl_core.errors import EnvelopeError
+from fl_core.transport import TransportLimits
+from protocols.config import SecAggConfig
+from protocols.context import RoundContext
+from protocols.transitions import ServerStage
+from secagg.sign import VerifyKey
+
+__all__ = [
+    "CONTROL",
+    "STAGE_NUMBERS",
+    "RoundStart",
+    "control_message",
+    "limits_for",
+    "parse_control",
+    "stage_number",
+    "synthetic_update",
+]
+
+CONTROL: Final = 0
+STAGE_NUMBERS: Final = {s: i + 1 for i, s in enumerate(ServerStage)}
+_LEN: Final = struct.Struct(">I")
+_MAX_HEADER: Final = 4 * 1024 * 1024
+
+
+def stage_number(stage: ServerStage) -> int:
+    """The envelope stage of messages sent while the server collects ``stage``."""
+    return STAGE_NUMBERS[stage]
+
+
+def limits_for(n_max: int, dim: int) -> TransportLimits:
+    """Generous per-stage payload limits for rounds of ``n_max`` clients and ``dim`` values:
+    a masked vector is at most 8 bytes a value, relays and rosters a few KiB per peer."""
+    vector = 8 * dim + 1024 * 1024
+    per_peer = 64 * 1024 * max(n_max, 1) + 1024 * 1024
+    stages = {CONTROL: vector + per_peer}
+    stages.update({num: vector + per_peer for num in STAGE_NUMBERS.values()})
+    return TransportLimits(stages)
+
+
+@dataclass(frozen=True)
+class RoundStart:
+    """The public facts of a round, sent to each sampled client."""
+
+    round_id: int
+    step: int
+    first_stage: int
+    config: dict[str, Any]
+    dim: int
+    clients: tuple[int, ...]
+    verify_keys: dict[int, bytes] | None
+    state: npt.NDArray[np.float64] = field(repr=False)
+
+    def context(self) -> RoundContext:
+        """The round's context (validated by the protocol layer).
+
+        Raises:
+            ConfigError / TypeError: the header does not make a valid context.
+        """
+        vks = None if self.verify_keys is None else {
+            cid: VerifyKey.from_bytes(raw) for cid, raw in self.verify_keys.items()}
+        return RoundContext(config=SecAggConfig(**self.config), round_id=self.round_id,
+                            dim=self.dim, client_ids=self.clients, verify_keys=vks)
+
+    def encode(self) -> bytes:
+        """``u32 length | JSON header | float64 state``."""
+        head = json.dumps({
+            "type": "start", "round": self.round_id, "step": self.step,
+            "first_stage": self.first_stage, "config": self.config, "dim": self.dim,
+            "clients": list(self.clients),
+            "verify_keys": None if self.verify_keys is None else {
+                str(c): k.hex() for c, k in self.verify_keys.items()},
+        }).encode()
+        state = np.ascontiguousarray(self.state, dtype="<f8")
+        return _LEN.pack(len(head)) + head + state.tobytes()
+
+
+def control_message(kind: str, **fields: Any) -> bytes:
+    """A header-only control message (``hello``, ``bye``, ``abort``)."""
+    head = json.dumps({"type": kind, **fields}).encode()
+    return _LEN.pack(len(head)) + head
+
+
+def parse_control(data: bytes | memoryview) -> tuple[dict[str, Any], RoundStart | None]:
+    """Split a control payload into its header and, for a round start, the :class:`RoundStart`.
+
+    Raises:
+        EnvelopeError: malformed (bad length, JSON, field types or state size).
+    """
+    view = memoryview(data)
+    if view.nbytes < _LEN.size:
+        raise EnvelopeError("control message too short")
+    (n,) = _LEN.unpack(view[:_LEN.size])
+    if n > min(_MAX_HEADER, view.nbytes - _LEN.size):
+        raise EnvelopeError("control header length out of range")
+    try:
+        head = json.loads(bytes(view[_LEN.size:_LEN.size + n]))
+        if not isinstance(head, dict) or not isinstance(head.get("type"), str):
+            raise ValueError("not a control header")
+        if head["type"] != "start":
+            return head, None
+        return head, _round_start(head, view[_LEN.size + n:])
+    except (ValueError, TypeError, KeyError, AttributeError) as exc:
+        raise EnvelopeError(f"malformed control message: {exc}") from None
+
+
+def _round_start(head: Mapping[str, Any], rest: memoryview) -> RoundStart:
+    dim = int(head["dim"])
+    if rest.nbytes != 8 * dim:
+        raise ValueError(f"state is {rest.nbytes} bytes, dim {dim} needs {8 * dim}")
+    vks = head["verify_keys"]
+    config = head["config"]
+    if not isinstance(config, dict):
+        raise TypeError("config must be an object")
+    return RoundStart(
+        round_id=int(head["round"]), step=int(head["step"]),
+        first_stage=int(head["first_stage"]), config=dict(config), dim=dim,
+        clients=tuple(int(c) for c in head["clients"]),
+        verify_keys=None if vks is None else {int(c): bytes.fromhex(k) for c, k in vks.items()},
+        state=np.frombuffer(rest, dtype="<f8").astype(np.float64))
+
+
+def synthetic_update(client_id: int, round_id: int, dim: int,
+                     state: npt.NDArray[np.float64] | None = None) -> npt.NDArray[np.float64]:
+    """A deterministic stand-in for local training (tests check sums against it): values in
+    ``[-0.5, 0.5)`` seeded by ``(client_id, round_id)``; ``state`` is ignored."""
+    del state
+    return np.random.default_rng([client_id, round_id]).uniform(-0.5, 0.5, dim)

@@ -1,0 +1,130 @@
+"""The server loop: rounds over a transport, the global state, checkpoints, summaries.
+
+The "model" is a float64 vector; each completed round adds the survivors' mean update to it
+(FedAvg with a server learning rate of 1). Issue 6 swaps the vector for adapter weights and
+fills the accountant slot of the checkpoint. Per round: reserve the round id in the
+checkpoint, run the round (:class:`~fl_core.driver.RoundDriver`), apply and checkpoint in one
+atomic write, report. ``rounds`` counts *completed* steps: an aborted round does not count,
+and the loop gives up after ``max_aborts`` aborts in a row.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from fl_core.checkpoint import Checkpoint, resume, write_atomic
+from fl_core.driver import DriverSettings, RoundDriver, RoundOutcome
+from fl_core.transport import ServerTransport
+
+__all__ = ["ServerSettings", "serve"]
+
+log = logging.getLogger("fl_core.server")
+
+
+@dataclass
+class ServerSettings:
+    """Everything :func:`serve` needs besides the transport."""
+
+    config_args: dict[str, Any]
+    dim: int
+    rounds: int
+    checkpoint: Path
+    driver: DriverSettings = field(default_factory=DriverSettings)
+    resume: bool = False
+    json_path: Path | None = None
+    max_aborts: int = 3
+    aggregate_in_json_max_dim: int = 4096
+    crash_after: str | None = None
+    """Tests only: ``"aggregate:R"`` or ``"checkpoint:R"`` kills -9 this process there."""
+
+
+def _summary(out: RoundOutcome, step: int, drops: Mapping[Any, int], max_dim: int,
+             ) -> dict[str, Any]:
+    doc: dict[str, Any] = {
+        "round": out.round_id, "step": step, "ok": out.ok, "error": out.error,
+        "sampled": list(out.sampled), "survivors": list(out.included),
+        "bytes_up": out.bytes_up, "bytes_down": out.bytes_down,
+        "seconds": round(out.seconds, 4), "join_seconds": round(out.join_seconds, 4),
+        "stages": out.stages, "rejected": out.rejected,
+        "late_or_out_of_stage": out.late,
+        "transport_drops": {getattr(k, "name", str(k)): v for k, v in drops.items()},
+    }
+    if out.aggregate is not None and out.aggregate.shape[0] <= max_dim:
+        doc["aggregate"] = out.aggregate.tolist()
+        doc["weight_total"] = out.weight_total
+    return doc
+
+
+def _maybe_crash(settings: ServerSettings, where: str, round_id: int) -> None:
+    if settings.crash_after == f"{where}:{round_id}":
+        log.warning("crash_after=%s: kill -9 of myself", settings.crash_after)
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _start_state(settings: ServerSettings, membership: tuple[int, ...]) -> Checkpoint:
+    if settings.resume and settings.checkpoint.exists():
+        ckpt = resume(settings.checkpoint)
+        if ckpt.state.shape[0] != settings.dim:
+            raise ValueError(f"checkpoint dim {ckpt.state.shape[0]} != --dim {settings.dim}")
+        log.info("resumed at step %d (last round id %d)", ckpt.step, ckpt.last_round_id)
+        return ckpt
+    if settings.checkpoint.exists() and not settings.resume:
+        raise FileExistsError(f"{settings.checkpoint} exists: pass --resume or remove it")
+    return Checkpoint.fresh(settings.dim, membership)
+
+
+def serve(transport: ServerTransport, settings: ServerSettings,
+          progress: Callable[[dict[str, Any]], None] | None = None) -> Checkpoint:
+    """Run until ``settings.rounds`` steps are applied (or too many aborts in a row).
+
+    Raises:
+        CheckpointError: ``--resume`` with an unreadable checkpoint.
+        FileExistsError: a checkpoint exists and ``resume`` is off.
+        ValueError / ConfigError: bad settings.
+    """
+    allow = transport.allowlist
+    membership = tuple(sorted(allow)) if allow is not None else ()
+    ckpt = _start_state(settings, membership)
+    driver = RoundDriver(transport, config_args=settings.config_args,
+                         settings=settings.driver, progress=progress)
+    summaries: list[dict[str, Any]] = list(ckpt.history)
+    aborts = 0
+    while ckpt.step < settings.rounds and aborts < settings.max_aborts:
+        round_id = ckpt.last_round_id + 1
+        ckpt = ckpt.reserve(round_id)
+        write_atomic(settings.checkpoint, ckpt)  # this id is never used again
+        out = driver.run_round(round_id, ckpt.step, ckpt.state)
+        mean = out.aggregate / out.weight_total if out.aggregate is not None else None
+        summary = _summary(out, ckpt.step + (1 if out.ok else 0), driver.drops,
+                           settings.aggregate_in_json_max_dim)
+        _maybe_crash(settings, "aggregate", round_id)
+        ckpt = ckpt.apply(round_id, mean, summary)
+        write_atomic(settings.checkpoint, ckpt)
+        _maybe_crash(settings, "checkpoint", round_id)
+        aborts = 0 if out.ok else aborts + 1
+        summaries.append(summary)
+        if settings.json_path is not None:
+            _write_json(settings.json_path, summaries)
+        if progress is not None:
+            progress({"event": "summary", **{k: v for k, v in summary.items()
+                                             if k != "aggregate"}})
+    if aborts >= settings.max_aborts:
+        log.error("giving up after %d aborted rounds in a row", aborts)
+    driver.goodbye(ckpt.last_round_id)
+    time.sleep(0.2)  # let the goodbyes leave before the socket closes
+    return ckpt
+
+
+def _write_json(path: Path, summaries: list[dict[str, Any]]) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps({"rounds": summaries}, indent=1))
+    os.replace(tmp, path)
+

@@ -1,0 +1,87 @@
+"""Fast tests of the runtime's pieces: checkpoints, control messages, CLI refusals."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from fl_core.checkpoint import Checkpoint, CheckpointError, resume, write_atomic
+from fl_core.cli import main
+from fl_core.errors import EnvelopeError
+from fl_core.rounds import (
+    CONTROL,
+    RoundStart,
+    control_message,
+    limits_for,
+    parse_control,
+    synthetic_update,
+)
+from protocols.transitions import ServerStage
+
+
+def test_checkpoint_round_trip_and_atomic_write(tmp_path: Path) -> None:
+    path = tmp_path / "sub" / "c.ckpt"
+    ck = Checkpoint.fresh(5, (1, 2, 3)).reserve(1)
+    ck = ck.apply(1, np.ones(5), {"round": 1})
+    write_atomic(path, ck)
+    back = resume(path)
+    assert (back.step, back.last_round_id, back.applied_round_id) == (1, 1, 1)
+    assert back.membership == (1, 2, 3) and back.history == ({"round": 1},)
+    assert np.array_equal(back.state, np.ones(5))
+    assert not list(path.parent.glob(".*.tmp"))
+
+
+def test_apply_is_idempotent_by_round_id() -> None:
+    ck = Checkpoint.fresh(3).apply(4, np.ones(3), {})
+    again = ck.apply(4, np.ones(3), {}).apply(2, np.ones(3), {})
+    assert again.step == 1 and np.array_equal(again.state, np.ones(3))
+    aborted = ck.apply(5, None, {"ok": False})
+    assert aborted.step == 1 and aborted.last_round_id == 5 and aborted.applied_round_id == 4
+
+
+def test_torn_or_missing_checkpoint_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "c.ckpt"
+    with pytest.raises(CheckpointError, match="no checkpoint"):
+        resume(path)
+    write_atomic(path, Checkpoint.fresh(10))
+    path.write_bytes(path.read_bytes()[:-8])
+    with pytest.raises(CheckpointError):
+        resume(path)
+    path.write_bytes(b"\x00\x00")
+    with pytest.raises(CheckpointError):
+        resume(path)
+
+
+def test_round_start_round_trip() -> None:
+    state = np.arange(4, dtype=np.float64)
+    start = RoundStart(round_id=3, step=2, first_stage=1,
+                       config={"protocol": "secagg+", "n": 4}, dim=4, clients=(1, 2, 5, 9),
+                       verify_keys=None, state=state)
+    head, back = parse_control(start.encode())
+    assert head["type"] == "start" and back is not None
+    assert back.clients == (1, 2, 5, 9) and np.array_equal(back.state, state)
+    ctx = back.context()
+    assert ctx.round_id == 3 and ctx.dim == 4
+
+
+@pytest.mark.parametrize("raw", [b"", b"\x00\x00\x00\x09{}", b"\x00\x00\x00\x02[]",
+                                 b"\x00\x00\x00\x02{}", b"\xff\xff\xff\xff{}"])
+def test_malformed_control_is_an_envelope_error(raw: bytes) -> None:
+    with pytest.raises(EnvelopeError):
+        parse_control(raw)
+
+
+def test_control_and_limits() -> None:
+    head, start = parse_control(control_message("bye"))
+    assert head == {"type": "bye"} and start is None
+    limits = limits_for(8, 1000)
+    assert CONTROL in limits.stage_limits and len(limits.stage_limits) == len(ServerStage) + 1
+    assert synthetic_update(1, 2, 3).shape == (3,)
+
+
+def test_cli_refuses_ckks_and_bad_sizes(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["serve", "--protocol", "ckks", "--insecure"]) == 2
+    assert "not wired over processes" in capsys.readouterr().err
+    assert main(["client", "--id", "1", "--n", "0", "--insecure"]) == 2
