@@ -38,6 +38,8 @@ bench: $(STAMP)
 	$(SECAGG) bench primitives --json benchmarks/results/primitives.json
 	$(SECAGG) bench ckks --json benchmarks/results/ckks.json
 	$(SECAGG) bench protocol --sweep
+	$(SECAGG) bench transport --json benchmarks/results/transport.json
+	$(SECAGG) bench runtime --json benchmarks/results/runtime.json
 	for p in secagg secagg+; do for d in 0.0 0.1; do \
 	  $(SECAGG) bench protocol --protocol $$p --clients 20 --dim 1000000 --dropout $$d \
 	    --peer flower --json benchmarks/results/vs_flower_$${p}_p$$d.json || exit 1; done; done

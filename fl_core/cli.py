@@ -23,6 +23,7 @@ BENCHMARKS: dict[str, str] = {
     "protocol": "benchmarks.protocol",
     "ckks": "benchmarks.ckks_bench",
     "transport": "benchmarks.transport",
+    "runtime": "benchmarks.runtime",
 }
 _MAX_IDS_PER_CALL = 100_000
 
@@ -139,7 +140,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     keygen.add_argument("--ids", type=parse_ids, help="client ids, e.g. 1-20,25 (client only)")
     keygen.add_argument("--force", action="store_true", help="overwrite existing key files")
     _add_runtime_parsers(sub)
-    ns = ap.parse_args(list(sys.argv[1:] if argv is None else argv))
+    from fl_core.config_file import parse_with_config
+
+    ns = parse_with_config(ap, list(sys.argv[1:] if argv is None else argv))
     if ns.command in ("serve", "client", "run"):
         return _run_runtime(ns)
     if ns.command == "bench":

@@ -14,10 +14,20 @@ secret is ever written.
 
 ``update(round_id, global_state) -> vector`` provides the client's contribution (local
 training in issue 6; :func:`~fl_core.rounds.synthetic_update` by default).
+
+CKKS: a ``keys`` control message starts a key setup session
+(:class:`~protocols.keysetup.KeySetupClient`) under that round id; the epoch's secret context
+stays in memory only (never on disk) and is replaced by the next epoch's. The client decrypts
+each round's encrypted sum itself and adds the decoded mean to its own copy of the model (the
+server holds none); ``aggregates_file`` (optional) records, per round, the decoded sum and the
+included ids as JSON lines (it is what the client learns anyway). When a round start carries
+no state (CKKS, or a server with ``--no-state-broadcast``) the update gets the client's own
+model copy.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import signal
@@ -34,10 +44,16 @@ from fl_core.errors import EnvelopeError, TransportError
 from fl_core.keys import ClientKeys
 from fl_core.rounds import CONTROL, RoundStart, control_message, parse_control, synthetic_update
 from fl_core.transport import ClientTransport
+from protocols.config import SecAggConfig
+from protocols.encoding import Aggregate
+from protocols.epoch import EpochContext
 from protocols.errors import ProtocolError
 from protocols.harness import create_client
+from protocols.keysetup import KeySetupClient
 from protocols.participant import ClientBase
 from protocols.wire import encode
+from secagg.ckks import CkksSecretContext
+from secagg.sign import VerifyKey
 
 __all__ = ["ClientSettings", "UpdateFn", "run_client"]
 
@@ -49,7 +65,8 @@ UpdateFn = Callable[[int, npt.NDArray[np.float64]], npt.NDArray[np.float64]]
 @dataclass
 class ClientSettings:
     """Loop settings. ``idle_timeout_s``: give up after this long without hearing from the
-    server. ``crash_at`` / ``replay``: test hooks (kill -9 on receiving ``"stage:ROUND"``;
+    server. ``crash_at`` / ``replay``: test hooks (kill -9 on receiving ``"stage:ROUND"``, or
+the round start of round R with ``"start:R"``;
     resend the first protocol message of round 1 at the start of round 2)."""
 
     heartbeat_s: float = 1.0
@@ -57,6 +74,7 @@ class ClientSettings:
     crash_at: str | None = None
     replay: bool = False
     state_file: Path | None = None
+    aggregates_file: Path | None = None
 
 
 class _Session:
@@ -70,6 +88,10 @@ class _Session:
         self.participant: ClientBase[Any] | None = None
         self.rounds_done = 0
         self.first_sent: tuple[int, int, bytes] | None = None
+        self.keysetup: KeySetupClient | None = None
+        self.keysetup_round = 0
+        self.secret: CkksSecretContext | None = None
+        self.model: npt.NDArray[np.float64] | None = None
 
     def hello(self) -> None:
         try:
@@ -89,10 +111,40 @@ class _Session:
         if head["type"] == "abort":
             if round_id == self.last_round:
                 self.participant = None  # drop masks and shares at once
+            if round_id == self.keysetup_round:
+                self.keysetup = None
+            return True
+        if head["type"] == "keys":
+            self.on_keys(round_id, head)
             return True
         if start is not None:
             self.on_start(start)
         return True
+
+    def on_keys(self, round_id: int, head: dict[str, Any]) -> None:
+        if round_id <= self.last_round or round_id < self.keysetup_round:
+            log.warning("refused a key setup of round %d", round_id)
+            return
+        self.keysetup = None
+        try:
+            vks = head["verify_keys"]
+            ectx = EpochContext(
+                config=SecAggConfig(**head["config"]), epoch=int(head["epoch"]),
+                client_ids=[int(c) for c in head["members"]],
+                verify_keys=None if vks is None else {
+                    int(c): VerifyKey.from_bytes(bytes.fromhex(k)) for c, k in vks.items()})
+            if not ectx.is_client(self.t.client_id):
+                return
+            identity = self.keys.identity if (self.keys and ectx.config.active) else None
+            ks = KeySetupClient(ectx, self.t.client_id, identity=identity)
+            msgs = [encode(m) for m in ks.start()]
+            stage = int(head["first_stage"])
+        except (ProtocolError, ValueError, TypeError, KeyError, AttributeError) as exc:
+            log.warning("round %d: cannot take part in the key setup: %s", round_id, exc)
+            return
+        self.keysetup, self.keysetup_round = ks, round_id
+        for raw in msgs:
+            self._send_at(round_id, stage, raw)
 
     def on_start(self, start: RoundStart) -> None:
         if start.round_id <= self.last_round:
@@ -105,11 +157,19 @@ class _Session:
             _save_round(self.settings.state_file, start.round_id)
         if self.t.client_id not in start.clients:
             return
+        if self.settings.crash_at == f"start:{start.round_id}":
+            log.warning("crash_at=%s: kill -9 of myself", self.settings.crash_at)
+            os.kill(os.getpid(), signal.SIGKILL)
         try:
             ctx = start.context()
             identity = self.keys.identity if (self.keys and ctx.config.active) else None
-            self.participant = create_client(ctx, self.t.client_id, identity=identity)
-            x = self.update(start.round_id, start.state)
+            key = self.secret if ctx.config.is_ckks else None
+            self.participant = create_client(ctx, self.t.client_id, identity=identity, key=key)
+            if start.state is not None:
+                self.model = start.state
+            elif self.model is None or self.model.shape[0] != start.dim:
+                self.model = np.zeros(start.dim)
+            x = self.update(start.round_id, self.model)
             msgs = [encode(m) for m in self.participant.start(x, weight=None)]
         except (ProtocolError, ValueError, TypeError) as exc:
             log.warning("round %d: cannot take part: %s", start.round_id, exc)
@@ -123,7 +183,25 @@ class _Session:
         if self.first_sent is None and msgs:
             self.first_sent = (start.round_id, start.first_stage, msgs[0])
 
+    def on_keysetup(self, round_id: int, stage: int, payload: memoryview) -> None:
+        assert self.keysetup is not None
+        try:
+            out = self.keysetup.receive_data(bytes(payload))
+        except ProtocolError as exc:
+            log.warning("round %d: key setup failed: %s", round_id, exc)
+            self.keysetup = None
+            return
+        for raw in out:
+            self._send_at(round_id, stage, raw)
+        if self.keysetup.stage.value == "done":
+            self.secret = self.keysetup.secret_context
+            self.keysetup = None
+
     def on_protocol(self, round_id: int, stage: int, payload: memoryview) -> None:
+        if (self.keysetup is not None and round_id == self.keysetup_round
+                and round_id != self.last_round):
+            self.on_keysetup(round_id, stage, payload)
+            return
         if self.participant is None or round_id != self.last_round:
             return
         if self.settings.crash_at == f"{stage}:{round_id}":
@@ -139,13 +217,30 @@ class _Session:
             self._send(stage, raw)
         if self.participant.stage.value == "done":
             self.rounds_done += 1
+            agg = getattr(self.participant, "result", None)
             self.participant = None
+            if isinstance(agg, Aggregate):  # CKKS: the client decrypted the sum
+                self.on_aggregate(round_id, agg.values, agg.weight_total, agg.included)
+
+    def on_aggregate(self, round_id: int, values: npt.NDArray[np.float64], weight: float,
+                     included: tuple[int, ...]) -> None:
+        if self.model is not None and self.model.shape == values.shape and weight > 0:
+            self.model = self.model + values / weight
+        path = self.settings.aggregates_file
+        if path is not None:
+            with path.open("a") as f:
+                f.write(json.dumps({"round": round_id, "included": list(included),
+                                    "weight_total": weight,
+                                    "sum": values.tolist()}) + "\n")
 
     def _send(self, stage: int, raw: bytes) -> None:
+        self._send_at(self.last_round, stage, raw)
+
+    def _send_at(self, round_id: int, stage: int, raw: bytes) -> None:
         try:
-            self.t.send(self.last_round, stage, raw)
+            self.t.send(round_id, stage, raw)
         except TransportError as exc:
-            log.warning("round %d: send failed: %s", self.last_round, exc)
+            log.warning("round %d: send failed: %s", round_id, exc)
 
 
 def run_client(transport: ClientTransport, *, keys: ClientKeys | None = None,

@@ -2,8 +2,9 @@
 
 Security defaults: CurveZMQ with the ZAP allowlist of the key folder, and the protocol in
 active mode (messages signed with the identity keys bound to the Curve keys). ``--insecure``
-turns both off (passive protocol, no Curve) and says so loudly. CKKS over processes needs the
-dealer-free key setup carried over the transport, which is not wired yet: refused clearly.
+turns both off (passive protocol, no Curve) and says so loudly. CKKS (``ckks``,
+``ckks+mask``) carries its dealer-free key setup over the transport (see
+:mod:`fl_core.driver`); the server holds only the keyless context and the encrypted sum.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from protocols.transitions import ServerStage
 __all__ = ["add_client_args", "add_common_args", "add_serve_args", "client_main",
            "config_args", "serve_main"]
 
-PROTOCOLS = ("plain", "secagg", "secagg+", "ckks")
+PROTOCOLS = ("plain", "secagg", "secagg+", "ckks", "ckks+mask")
 _INSECURE_WARNING = ("secagg: --insecure: CurveZMQ is OFF and the protocol runs in passive "
                      "mode; anyone on the network can read, forge or join. Tests only.")
 
@@ -49,6 +50,8 @@ def add_common_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--insecure", action="store_true",
                    help="no CurveZMQ, passive protocol: FOR TESTS ONLY")
     p.add_argument("-v", "--verbose", action="count", default=0)
+    p.add_argument("--config", metavar="FILE",
+                   help="TOML settings (fl_core.config_file); flags override the file")
 
 
 def add_serve_args(p: argparse.ArgumentParser) -> None:
@@ -62,6 +65,8 @@ def add_serve_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint", default="secagg.ckpt", help="checkpoint file")
     p.add_argument("--resume", action="store_true", help="continue from --checkpoint")
     p.add_argument("--json", dest="json_path", help="write a per-round summary here")
+    p.add_argument("--no-state-broadcast", dest="state_broadcast", action="store_false",
+                   help="leave the float64 global state out of round starts (benchmarks)")
     p.add_argument("--crash-after", help=argparse.SUPPRESS)
 
 
@@ -72,6 +77,8 @@ def add_client_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--idle-timeout", type=float, default=120.0)
     p.add_argument("--state", help="file keeping the last round id across restarts "
                    "(public; lets a restarted client rejoin)")
+    p.add_argument("--aggregates", help="append each round's decoded aggregate here "
+                   "(JSON lines; CKKS clients decrypt it themselves)")
     p.add_argument("--crash-at", help=argparse.SUPPRESS)
     p.add_argument("--replay", action="store_true", help=argparse.SUPPRESS)
 
@@ -91,10 +98,6 @@ def _logging(verbose: int) -> None:
 
 
 def _refuse_ckks(ns: argparse.Namespace) -> int | None:
-    if ns.protocol == "ckks":
-        print("secagg: --protocol ckks is not wired over processes yet (its key setup must "
-              "be carried by the transport); use the in-process harness", file=sys.stderr)
-        return 2
     if ns.insecure:
         print(_INSECURE_WARNING, file=sys.stderr)
     return None
@@ -112,7 +115,7 @@ def serve_main(ns: argparse.Namespace, *, progress_stream: Any = None) -> int:
     _logging(ns.verbose)
     if (code := _refuse_ckks(ns)) is not None:
         return code
-    limits = limits_for(ns.n, ns.dim)
+    limits = limits_for(ns.n, ns.dim, ckks=ns.protocol.startswith("ckks"))
     try:
         if ns.insecure:
             transport = ServerTransport(ns.bind, limits=limits, insecure=True)
@@ -130,7 +133,7 @@ def serve_main(ns: argparse.Namespace, *, progress_stream: Any = None) -> int:
         json_path=Path(ns.json_path) if ns.json_path else None,
         driver=DriverSettings(deadline_s=ns.deadline, stage_deadlines=dict(ns.stage_deadline),
                               join_timeout_s=ns.join_timeout),
-        crash_after=ns.crash_after)
+        broadcast_state=getattr(ns, "state_broadcast", True), crash_after=ns.crash_after)
 
     def emit(event: dict[str, Any]) -> None:
         if progress_stream is not None:
@@ -161,7 +164,7 @@ def client_main(ns: argparse.Namespace) -> int:
     _logging(ns.verbose)
     if (code := _refuse_ckks(ns)) is not None:
         return code
-    limits = limits_for(ns.n, ns.dim)
+    limits = limits_for(ns.n, ns.dim, ckks=ns.protocol.startswith("ckks"))
     keys = None
     try:
         if ns.insecure:
@@ -175,7 +178,9 @@ def client_main(ns: argparse.Namespace) -> int:
         with transport:
             done = run_client(transport, keys=keys, settings=ClientSettings(
                 idle_timeout_s=ns.idle_timeout, crash_at=ns.crash_at, replay=ns.replay,
-                state_file=Path(ns.state) if ns.state else None))
+                state_file=Path(ns.state) if ns.state else None,
+                aggregates_file=Path(ns.aggregates) if getattr(ns, "aggregates", None)
+                else None))
     except (TransportError, FlCoreError, OSError) as exc:
         print(f"secagg client {ns.client_id}: {exc}", file=sys.stderr)
         return 1

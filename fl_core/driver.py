@@ -13,6 +13,15 @@ Client sampling: each round samples ``n`` of the connected, allowlisted clients 
 operating system's CSPRNG (:class:`random.SystemRandom`), so no one can predict or steer a
 cohort. Only clients that have said hello (the transport knows a route to them) are eligible.
 No protocol logic lives here.
+
+CKKS (``ckks``, ``ckks+mask``): the dealer-free key setup (:mod:`protocols.keysetup`) is its
+own sans-IO session, driven by the same stage loop as a round and announced by a ``keys``
+control message. It runs before the first round and again (a new epoch) whenever the
+connected members change or a sampled client holds no key of the epoch; it shares the round's
+envelope round id (its stages ``advertise``/``distribute``/``confirm`` have their own stage
+numbers). The server relays opaque bytes and keeps only :class:`~protocols.keysetup.EpochKeys`
+(the keyless public context). A CKKS round ends with the *encrypted* sum: the driver returns
+it (``RoundOutcome.encrypted``) and never sees a plaintext aggregate; the clients decrypt.
 """
 
 from __future__ import annotations
@@ -33,8 +42,10 @@ from fl_core.rounds import CONTROL, RoundStart, control_message, stage_number
 from fl_core.transport import ServerTransport
 from protocols.config import SecAggConfig
 from protocols.context import RoundContext
+from protocols.epoch import EpochContext
 from protocols.errors import ProtocolError
 from protocols.harness import create_server
+from protocols.keysetup import EpochKeys, KeySetupServer
 from protocols.messages import Message
 from protocols.participant import ServerBase
 from protocols.transitions import ServerStage
@@ -77,11 +88,15 @@ class RoundOutcome:
     join_seconds: float = 0.0
     rejected: int = 0
     late: int = 0
+    encrypted: bytes | None = field(default=None, repr=False)
+    """CKKS: the wire bytes of the encrypted sum (the server has no plaintext aggregate)."""
+    key_epoch: int | None = None
+    key_setup_seconds: float = 0.0
 
     @property
     def ok(self) -> bool:
-        """True if the round produced an aggregate."""
-        return self.aggregate is not None
+        """True if the round produced an aggregate (CKKS: an encrypted sum)."""
+        return self.aggregate is not None or self.encrypted is not None
 
 
 class RoundDriver:
@@ -89,10 +104,12 @@ class RoundDriver:
 
     def __init__(self, transport: ServerTransport, *, config_args: Mapping[str, Any],
                  settings: DriverSettings, eligible: frozenset[int] | None = None,
-                 progress: Any = None) -> None:
+                 progress: Any = None, broadcast_state: bool = True) -> None:
         """``config_args``: the :class:`SecAggConfig` keyword arguments (``n`` is the cohort
         size); ``eligible``: client ids that may be sampled (default: the allowlist, or
-        anyone when insecure); ``progress(event: dict)`` is called on stage changes.
+        anyone when insecure); ``progress(event: dict)`` is called on stage changes;
+        ``broadcast_state=False`` leaves the float64 global state out of round starts (it is
+        always left out under CKKS, where the server holds no plaintext model).
 
         Raises:
             ConfigError / TypeError: ``config_args`` is not a valid config.
@@ -106,6 +123,10 @@ class RoundDriver:
             frozenset(allow) if allow is not None else None)
         self._progress = progress
         self._rng = random.SystemRandom()
+        self.broadcast_state = broadcast_state and not self.config.is_ckks
+        self.epoch_keys: EpochKeys | None = None
+        self._epoch = -1
+        self._members: frozenset[int] = frozenset()
 
     # -- membership ------------------------------------------------------------------------
 
@@ -158,28 +179,89 @@ class RoundDriver:
                    seconds=out.seconds, error=out.error)
         return out
 
-    def _context(self, round_id: int, sampled: tuple[int, ...], dim: int) -> tuple[
-            RoundContext, dict[int, bytes] | None]:
-        allow = self.transport.allowlist
+    def _verify_keys(self, ids: tuple[int, ...]) -> dict[int, Any] | None:
         if not self.config.active:
-            ctx = RoundContext(config=self.config, round_id=round_id, dim=dim,
-                               client_ids=sampled)
-            return ctx, None
+            return None
+        allow = self.transport.allowlist
         if allow is None:
             raise ProtocolError("active mode needs the allowlist's identity keys")
-        keys = {c: allow[c].identity for c in sampled}
+        return {c: allow[c].identity for c in ids}
+
+    def _context(self, round_id: int, sampled: tuple[int, ...], dim: int) -> tuple[
+            RoundContext, dict[int, bytes] | None]:
+        keys = self._verify_keys(sampled)
+        fp = self.epoch_keys.fingerprint if self.epoch_keys is not None else None
         ctx = RoundContext(config=self.config, round_id=round_id, dim=dim, client_ids=sampled,
-                           verify_keys=keys)
-        return ctx, {c: k.to_bytes() for c, k in keys.items()}
+                           verify_keys=keys, ckks_fingerprint=fp)
+        return ctx, None if keys is None else {c: k.to_bytes() for c, k in keys.items()}
+
+    def _ensure_keys(self, out: RoundOutcome) -> None:
+        """CKKS: run a key setup over the transport if the members changed or a sampled
+        client holds no key of the current epoch."""
+        members = frozenset(self._available()) | frozenset(out.sampled)
+        keys = self.epoch_keys
+        if keys is not None and members == self._members and set(out.sampled) <= set(
+                keys.holders):
+            out.key_epoch = self._epoch
+            return
+        t0 = time.monotonic()
+        self._epoch += 1
+        ids = tuple(sorted(members))
+        vks = self._verify_keys(ids)
+        ectx = EpochContext(config=self.config, epoch=self._epoch, client_ids=ids,
+                            verify_keys=vks)
+        server = KeySetupServer(ectx)
+        self.epoch_keys = None
+        announce = control_message(
+            "keys", round=out.round_id, epoch=self._epoch, config=self.config_args,
+            members=list(ids), first_stage=stage_number(server.stage),
+            verify_keys=None if vks is None else {str(c): k.to_bytes().hex()
+                                                  for c, k in vks.items()})
+        for cid in ids:
+            self._send(out, cid, CONTROL, announce)
+        self._emit(event="key_setup", round=out.round_id, epoch=self._epoch, members=len(ids))
+        self._run_stages(server, out, prefix="keys/")
+        self.epoch_keys = server.keys
+        self._members = members
+        out.key_epoch = self._epoch
+        out.key_setup_seconds = time.monotonic() - t0
+        log.info("key epoch %d: %d holders, leader %s", self._epoch,
+                 len(server.keys.holders), server.leader)
 
     def _drive(self, out: RoundOutcome, step: int, state: npt.NDArray[np.float64]) -> None:
         dim = int(state.shape[0])
+        if self.config.is_ckks:
+            self._ensure_keys(out)
+            assert self.epoch_keys is not None
+            missing = set(out.sampled) - set(self.epoch_keys.holders)
+            if missing:
+                raise ProtocolError(f"clients {sorted(missing)} missed the key setup")
         ctx, vks = self._context(out.round_id, out.sampled, dim)
-        server = create_server(ctx)
+        server = create_server(
+            ctx, public=self.epoch_keys.public if self.epoch_keys is not None else None)
         start = RoundStart(round_id=out.round_id, step=step,
                            first_stage=stage_number(server.stage), config=self.config_args,
-                           dim=dim, clients=out.sampled, verify_keys=vks, state=state)
+                           dim=dim, clients=out.sampled, verify_keys=vks,
+                           state=state if self.broadcast_state else None,
+                           ckks_fingerprint=ctx.ckks_fingerprint if self.config.is_ckks
+                           else None)
         self._broadcast(out, start.encode())
+        self._run_stages(server, out)
+        out.rejected = len(server.rejected)
+        encrypted = getattr(server, "encrypted", None)
+        if self.config.is_ckks:
+            if encrypted is None:
+                raise ProtocolError("the CKKS round ended without an encrypted sum")
+            out.encrypted = encode(encrypted)
+            out.included = tuple(encrypted.included)
+            out.weight_total = float(len(out.included))
+            return
+        result = server.result
+        out.aggregate = result.values
+        out.weight_total = result.weight_total
+        out.included = result.included
+
+    def _run_stages(self, server: ServerBase[Any], out: RoundOutcome, prefix: str = "") -> None:
         while server.stage is not ServerStage.DONE:
             stage = server.stage
             t_stage = time.monotonic()
@@ -192,14 +274,9 @@ class RoundDriver:
                          sorted(missing))
             replies = server.close_stage(missing)
             self._deliver(out, server.stage, replies)
-            out.stages.append({"stage": stage.value, "received": received,
+            out.stages.append({"stage": prefix + stage.value, "received": received,
                                "missing": sorted(missing),
                                "seconds": round(time.monotonic() - t_stage, 4)})
-        result = server.result
-        out.aggregate = result.values
-        out.weight_total = result.weight_total
-        out.included = result.included
-        out.rejected = len(server.rejected)
 
     def _collect(self, server: ServerBase[Any], out: RoundOutcome, stage: ServerStage) -> None:
         number = stage_number(stage)

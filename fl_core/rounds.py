@@ -6,7 +6,8 @@ round start and goodbye); protocol stages are numbered ``1 + index`` in
 :class:`~protocols.transitions.ServerStage`, the stage the server is collecting when the
 message is sent. No protocol logic here: the protocol's bytes ride opaquely.
 
-A round start is ``u32 header length | JSON header | float64 global state``. The header
+A round start is ``u32 header length | JSON header | float64 global state`` (the state may be
+absent: ``"state": false`` in the header, under CKKS or with ``--no-state-broadcast``). The header
 carries everything public the client needs to build the same
 :class:`~protocols.context.RoundContext` as the server: the config's constructor arguments
 (both sides derive the rest identically; the context digest binds them), round id, dim,
@@ -54,10 +55,12 @@ def stage_number(stage: ServerStage) -> int:
     return STAGE_NUMBERS[stage]
 
 
-def limits_for(n_max: int, dim: int) -> TransportLimits:
+def limits_for(n_max: int, dim: int, *, ckks: bool = False) -> TransportLimits:
     """Generous per-stage payload limits for rounds of ``n_max`` clients and ``dim`` values:
     a masked vector is at most 8 bytes a value, relays and rosters a few KiB per peer."""
     vector = 8 * dim + 1024 * 1024
+    if ckks:  # ciphertexts: a few bytes a value at most, a key distribution ~64 KB a member
+        vector = 32 * dim + 8 * 1024 * 1024
     per_peer = 64 * 1024 * max(n_max, 1) + 1024 * 1024
     stages = {CONTROL: vector + per_peer}
     stages.update({num: vector + per_peer for num in STAGE_NUMBERS.values()})
@@ -75,7 +78,8 @@ class RoundStart:
     dim: int
     clients: tuple[int, ...]
     verify_keys: dict[int, bytes] | None
-    state: npt.NDArray[np.float64] = field(repr=False)
+    state: npt.NDArray[np.float64] | None = field(repr=False)
+    ckks_fingerprint: bytes | None = None
 
     def context(self) -> RoundContext:
         """The round's context (validated by the protocol layer).
@@ -86,7 +90,8 @@ class RoundStart:
         vks = None if self.verify_keys is None else {
             cid: VerifyKey.from_bytes(raw) for cid, raw in self.verify_keys.items()}
         return RoundContext(config=SecAggConfig(**self.config), round_id=self.round_id,
-                            dim=self.dim, client_ids=self.clients, verify_keys=vks)
+                            dim=self.dim, client_ids=self.clients, verify_keys=vks,
+                            ckks_fingerprint=self.ckks_fingerprint)
 
     def encode(self) -> bytes:
         """``u32 length | JSON header | float64 state``."""
@@ -96,7 +101,12 @@ class RoundStart:
             "clients": list(self.clients),
             "verify_keys": None if self.verify_keys is None else {
                 str(c): k.hex() for c, k in self.verify_keys.items()},
+            "state": self.state is not None,
+            "ckks_fingerprint": None if self.ckks_fingerprint is None
+            else self.ckks_fingerprint.hex(),
         }).encode()
+        if self.state is None:
+            return _LEN.pack(len(head)) + head
         state = np.ascontiguousarray(self.state, dtype="<f8")
         return _LEN.pack(len(head)) + head + state.tobytes()
 
@@ -132,18 +142,21 @@ def parse_control(data: bytes | memoryview) -> tuple[dict[str, Any], RoundStart 
 
 def _round_start(head: Mapping[str, Any], rest: memoryview) -> RoundStart:
     dim = int(head["dim"])
-    if rest.nbytes != 8 * dim:
+    has_state = bool(head.get("state", True))
+    if rest.nbytes != (8 * dim if has_state else 0):
         raise ValueError(f"state is {rest.nbytes} bytes, dim {dim} needs {8 * dim}")
     vks = head["verify_keys"]
     config = head["config"]
     if not isinstance(config, dict):
         raise TypeError("config must be an object")
+    fp = head.get("ckks_fingerprint")
     return RoundStart(
         round_id=int(head["round"]), step=int(head["step"]),
         first_stage=int(head["first_stage"]), config=dict(config), dim=dim,
         clients=tuple(int(c) for c in head["clients"]),
         verify_keys=None if vks is None else {int(c): bytes.fromhex(k) for c, k in vks.items()},
-        state=np.frombuffer(rest, dtype="<f8").astype(np.float64))
+        state=np.frombuffer(rest, dtype="<f8").astype(np.float64) if has_state else None,
+        ckks_fingerprint=None if fp is None else bytes.fromhex(str(fp)))
 
 
 def synthetic_update(client_id: int, round_id: int, dim: int,

@@ -6,6 +6,15 @@ fills the accountant slot of the checkpoint. Per round: reserve the round id in 
 checkpoint, run the round (:class:`~fl_core.driver.RoundDriver`), apply and checkpoint in one
 atomic write, report. ``rounds`` counts *completed* steps: an aborted round does not count,
 and the loop gives up after ``max_aborts`` aborts in a row.
+
+CKKS: the server holds no key and never sees a plaintext aggregate. Its plaintext state stays
+zero (a round counts as a step, adding nothing); the round's *encrypted* sum is its state,
+written atomically next to the checkpoint (``<checkpoint>.encsum``: the wire bytes of the
+:class:`~protocols.messages.EncryptedSum`) before the checkpoint that records the step. The
+clients decrypt it and each applies the decoded mean to its own copy of the model; clients do
+not report the mean back (that would hand the server the very plaintext CKKS keeps from it).
+``broadcast_state=False`` (``--no-state-broadcast``) leaves the float64 state out of round
+starts (always the case under CKKS).
 """
 
 from __future__ import annotations
@@ -20,11 +29,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from fl_core.checkpoint import Checkpoint, resume, write_atomic
 from fl_core.driver import DriverSettings, RoundDriver, RoundOutcome
 from fl_core.transport import ServerTransport
 
-__all__ = ["ServerSettings", "serve"]
+__all__ = ["ServerSettings", "encsum_path", "serve"]
 
 log = logging.getLogger("fl_core.server")
 
@@ -42,6 +53,7 @@ class ServerSettings:
     json_path: Path | None = None
     max_aborts: int = 3
     aggregate_in_json_max_dim: int = 4096
+    broadcast_state: bool = True
     crash_after: str | None = None
     """Tests only: ``"aggregate:R"`` or ``"checkpoint:R"`` kills -9 this process there."""
 
@@ -57,6 +69,11 @@ def _summary(out: RoundOutcome, step: int, drops: Mapping[Any, int], max_dim: in
         "late_or_out_of_stage": out.late,
         "transport_drops": {getattr(k, "name", str(k)): v for k, v in drops.items()},
     }
+    if out.key_epoch is not None:
+        doc["key_epoch"] = out.key_epoch
+        doc["key_setup_seconds"] = round(out.key_setup_seconds, 4)
+    if out.encrypted is not None:
+        doc["encrypted_sum_bytes"] = len(out.encrypted)
     if out.aggregate is not None and out.aggregate.shape[0] <= max_dim:
         doc["aggregate"] = out.aggregate.tolist()
         doc["weight_total"] = out.weight_total
@@ -94,7 +111,8 @@ def serve(transport: ServerTransport, settings: ServerSettings,
     membership = tuple(sorted(allow)) if allow is not None else ()
     ckpt = _start_state(settings, membership)
     driver = RoundDriver(transport, config_args=settings.config_args,
-                         settings=settings.driver, progress=progress)
+                         settings=settings.driver, progress=progress,
+                         broadcast_state=settings.broadcast_state)
     summaries: list[dict[str, Any]] = list(ckpt.history)
     aborts = 0
     while ckpt.step < settings.rounds and aborts < settings.max_aborts:
@@ -103,6 +121,9 @@ def serve(transport: ServerTransport, settings: ServerSettings,
         write_atomic(settings.checkpoint, ckpt)  # this id is never used again
         out = driver.run_round(round_id, ckpt.step, ckpt.state)
         mean = out.aggregate / out.weight_total if out.aggregate is not None else None
+        if out.encrypted is not None:  # CKKS: the ciphertext is the state, nothing to add
+            write_bytes_atomic(encsum_path(settings.checkpoint), out.encrypted)
+            mean = np.zeros(settings.dim)
         summary = _summary(out, ckpt.step + (1 if out.ok else 0), driver.drops,
                            settings.aggregate_in_json_max_dim)
         _maybe_crash(settings, "aggregate", round_id)
@@ -128,3 +149,19 @@ def _write_json(path: Path, summaries: list[dict[str, Any]]) -> None:
     tmp.write_text(json.dumps({"rounds": summaries}, indent=1))
     os.replace(tmp, path)
 
+
+
+def encsum_path(checkpoint: Path) -> Path:
+    """Where a CKKS server keeps the last round's encrypted sum."""
+    return checkpoint.with_name(checkpoint.name + ".encsum")
+
+
+def write_bytes_atomic(path: Path, data: bytes) -> None:
+    """Write ``data`` to a temp file, fsync, rename over ``path``."""
+    tmp = path.with_name(path.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)

@@ -81,7 +81,15 @@ def test_control_and_limits() -> None:
     assert synthetic_update(1, 2, 3).shape == (3,)
 
 
-def test_cli_refuses_ckks_and_bad_sizes(capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["serve", "--protocol", "ckks", "--insecure"]) == 2
-    assert "not wired over processes" in capsys.readouterr().err
+def test_cli_refuses_bad_sizes() -> None:
     assert main(["client", "--id", "1", "--n", "0", "--insecure"]) == 2
+
+
+def test_round_start_without_state_carries_the_ckks_fingerprint() -> None:
+    start = RoundStart(round_id=4, step=1, first_stage=3, config={"protocol": "ckks", "n": 3},
+                       dim=5, clients=(1, 2, 3), verify_keys=None, state=None,
+                       ckks_fingerprint=bytes(range(32)))
+    head, back = parse_control(start.encode())
+    assert head["state"] is False and back is not None
+    assert back.state is None and back.ckks_fingerprint == bytes(range(32))
+    assert back.context().ckks_fingerprint == bytes(range(32))
