@@ -4,7 +4,9 @@ Write path: temporary file in the same folder, ``fsync``, ``rename`` over the ol
 ``fsync`` of the folder; a crash at any instant leaves either the old or the new checkpoint,
 never a torn one. Format: ``.npz``-free and pickle-free: a JSON header (version, round ids,
 membership, accountant slot, history) and the float64 global state, ``u32 header length |
-header | state``.
+header | state | extra arrays``
+(the header lists each extra array's name and length; a server task keeps optimizer moments
+there).
 
 Rounds are idempotent by id. ``last_round_id`` is the last round id *started* (reserved with
 :meth:`Checkpoint.reserve` before its round-start messages go out) and ``applied_round_id``
@@ -32,7 +34,8 @@ from fl_core.errors import FlCoreError
 
 __all__ = ["CHECKPOINT_VERSION", "Checkpoint", "CheckpointError", "resume", "write_atomic"]
 
-CHECKPOINT_VERSION: Final = 1
+CHECKPOINT_VERSION: Final = 2
+_READABLE: Final = (1, 2)
 _LEN: Final = struct.Struct(">I")
 
 
@@ -45,7 +48,8 @@ class Checkpoint:
     """The server state that must survive a crash.
 
     ``step``: aggregates applied so far (the model version); ``membership``: the client ids
-    of the federation; ``accountant``: the privacy accountant's ``state_dict`` (issue 6);
+    of the federation; ``accountant``: the server task's JSON state (the privacy accountant's
+    ``state_dict`` among it); ``extra``: the task's float64 arrays (optimizer moments);
     ``history``: one small summary per finished round.
     """
 
@@ -56,6 +60,7 @@ class Checkpoint:
     membership: tuple[int, ...] = ()
     accountant: dict[str, Any] | None = None
     history: tuple[dict[str, Any], ...] = ()
+    extra: dict[str, npt.NDArray[np.float64]] = field(default_factory=dict, repr=False)
 
     @classmethod
     def fresh(cls, dim: int, membership: tuple[int, ...] = ()) -> Checkpoint:
@@ -80,6 +85,22 @@ class Checkpoint:
                        applied_round_id=round_id, state=self.state + aggregate,
                        history=history)
 
+    def advance(self, round_id: int, state: npt.NDArray[np.float64] | None,
+                summary: dict[str, Any], *, task_state: dict[str, Any] | None = None,
+                extra: dict[str, npt.NDArray[np.float64]] | None = None) -> Checkpoint:
+        """Replace the state with ``state`` (a step) once per round id, with the task's state;
+        ``state`` None (an aborted round) only records the summary."""
+        if round_id <= self.applied_round_id:
+            return self
+        history = (*self.history, summary)
+        if state is None:
+            return replace(self, last_round_id=max(self.last_round_id, round_id),
+                           history=history)
+        return replace(self, step=self.step + 1, last_round_id=max(self.last_round_id, round_id),
+                       applied_round_id=round_id, state=state, history=history,
+                       accountant=task_state if task_state is not None else self.accountant,
+                       extra=dict(extra) if extra is not None else self.extra)
+
     def to_bytes(self) -> bytes:
         """The file's bytes."""
         head = json.dumps({
@@ -87,8 +108,11 @@ class Checkpoint:
             "last_round_id": self.last_round_id, "applied_round_id": self.applied_round_id,
             "dim": int(self.state.shape[0]), "membership": list(self.membership),
             "accountant": self.accountant, "history": list(self.history),
+            "extra": [[k, int(v.shape[0])] for k, v in self.extra.items()],
         }).encode()
-        return _LEN.pack(len(head)) + head + np.ascontiguousarray(self.state, "<f8").tobytes()
+        arrays = [self.state, *self.extra.values()]
+        return _LEN.pack(len(head)) + head + b"".join(
+            np.ascontiguousarray(a, "<f8").tobytes() for a in arrays)
 
     @classmethod
     def from_bytes(cls, data: bytes) -> Checkpoint:
@@ -100,16 +124,24 @@ class Checkpoint:
         try:
             (n,) = _LEN.unpack_from(data)
             head = json.loads(data[_LEN.size:_LEN.size + n])
-            if head["version"] != CHECKPOINT_VERSION:
+            if head["version"] not in _READABLE:
                 raise CheckpointError(f"checkpoint version {head['version']} is not supported")
             raw = data[_LEN.size + n:]
-            if len(raw) != 8 * int(head["dim"]):
+            layout = [("state", int(head["dim"]))] + [
+                (str(k), int(v)) for k, v in head.get("extra", [])]
+            if len(raw) != 8 * sum(length for _, length in layout):
                 raise CheckpointError("checkpoint state has the wrong length (torn file?)")
+            arrays: dict[str, npt.NDArray[np.float64]] = {}
+            offset = 0
+            for name, length in layout:
+                arrays[name] = np.frombuffer(raw, "<f8", length, offset).astype(np.float64)
+                offset += 8 * length
+            state = arrays.pop("state")
             return cls(step=int(head["step"]), last_round_id=int(head["last_round_id"]),
-                       applied_round_id=int(head["applied_round_id"]),
-                       state=np.frombuffer(raw, "<f8").astype(np.float64),
+                       applied_round_id=int(head["applied_round_id"]), state=state,
                        membership=tuple(int(c) for c in head["membership"]),
-                       accountant=head["accountant"], history=tuple(head["history"]))
+                       accountant=head["accountant"], history=tuple(head["history"]),
+                       extra=arrays)
         except (struct.error, ValueError, KeyError, TypeError) as exc:
             if isinstance(exc, CheckpointError):
                 raise

@@ -91,26 +91,36 @@ def _keygen(ns: argparse.Namespace) -> int:
 
 def _add_runtime_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     from fl_core import commands
+    from fl_core.finetune.cli_args import add_job_args
 
     serve = sub.add_parser("serve", help="run the aggregation server")
     commands.add_common_args(serve)
     commands.add_serve_args(serve)
+    add_job_args(serve)
     serve.add_argument("--bind", default="tcp://127.0.0.1:7700")
     serve.add_argument("--progress", action="store_true",
                        help="JSON progress lines on stdout (used by secagg run)")
     client = sub.add_parser("client", help="run one client")
     commands.add_common_args(client)
     commands.add_client_args(client)
+    add_job_args(client)
     run = sub.add_parser("run", help="a server and N clients as processes on localhost")
     commands.add_common_args(run)
     commands.add_serve_args(run)
+    add_job_args(run)
     run.add_argument("--port", type=int, default=0, help="server port (0: a free one)")
 
 
 def _run_runtime(ns: argparse.Namespace) -> int:
     from fl_core import commands
 
-    if ns.n < 1 or ns.dim < 1 or getattr(ns, "rounds", 1) < 1:
+    if ns.dim is not None:  # the synthetic federation: its historic defaults
+        ns.n = 8 if ns.n is None else ns.n
+        if hasattr(ns, "rounds") and ns.rounds is None:
+            ns.rounds = 3
+    if getattr(ns, "join_timeout", 0.0) is None:
+        ns.join_timeout = 30.0 if ns.dim is not None else 300.0
+    if any(v is not None and v < 1 for v in (ns.n, ns.dim, getattr(ns, "rounds", None))):
         print("secagg: --n, --dim and --rounds must be >= 1", file=sys.stderr)
         return 2
     if ns.command == "serve":

@@ -75,6 +75,11 @@ the round start of round R with ``"start:R"``;
     replay: bool = False
     state_file: Path | None = None
     aggregates_file: Path | None = None
+    stats_file: Path | None = None
+    """Appends one JSON line per finished round: seconds in ``update`` (training) and in the
+    protocol participant (masking, key agreement, sharing, unmasking)."""
+    stall_hello_s: float = 5.0
+    """Say hello even inside a round after this long without a word from the server."""
 
 
 class _Session:
@@ -92,6 +97,7 @@ class _Session:
         self.keysetup_round = 0
         self.secret: CkksSecretContext | None = None
         self.model: npt.NDArray[np.float64] | None = None
+        self.timing: dict[str, float] = {}
 
     def hello(self) -> None:
         try:
@@ -169,8 +175,11 @@ class _Session:
                 self.model = start.state
             elif self.model is None or self.model.shape[0] != start.dim:
                 self.model = np.zeros(start.dim)
+            t0 = time.perf_counter()
             x = self.update(start.round_id, self.model)
+            t1 = time.perf_counter()
             msgs = [encode(m) for m in self.participant.start(x, weight=None)]
+            self.timing = {"update_s": t1 - t0, "protocol_s": time.perf_counter() - t1}
         except (ProtocolError, ValueError, TypeError) as exc:
             log.warning("round %d: cannot take part: %s", start.round_id, exc)
             self.participant = None
@@ -208,7 +217,10 @@ class _Session:
             log.warning("crash_at=%s: kill -9 of myself", self.settings.crash_at)
             os.kill(os.getpid(), signal.SIGKILL)
         try:
+            t0 = time.perf_counter()
             out = self.participant.receive_data(bytes(payload))
+            self.timing["protocol_s"] = self.timing.get("protocol_s", 0.0) + (
+                time.perf_counter() - t0)
         except ProtocolError as exc:
             log.warning("round %d: protocol error, leaving the round: %s", round_id, exc)
             self.participant = None
@@ -217,6 +229,7 @@ class _Session:
             self._send(stage, raw)
         if self.participant.stage.value == "done":
             self.rounds_done += 1
+            self._write_stats(round_id)
             agg = getattr(self.participant, "result", None)
             self.participant = None
             if isinstance(agg, Aggregate):  # CKKS: the client decrypted the sum
@@ -232,6 +245,14 @@ class _Session:
                 f.write(json.dumps({"round": round_id, "included": list(included),
                                     "weight_total": weight,
                                     "sum": values.tolist()}) + "\n")
+
+    def _write_stats(self, round_id: int) -> None:
+        path = self.settings.stats_file
+        if path is not None:
+            with path.open("a") as f:
+                f.write(json.dumps({"round": round_id, "client": self.t.client_id,
+                                    **{k: round(v, 4) for k, v in self.timing.items()}}) + "\n")
+        self.timing = {}
 
     def _send(self, stage: int, raw: bytes) -> None:
         self._send_at(self.last_round, stage, raw)
@@ -258,7 +279,10 @@ def run_client(transport: ClientTransport, *, keys: ClientKeys | None = None,
     next_hello = 0.0
     while time.monotonic() - last_heard < settings.idle_timeout_s:
         now = time.monotonic()
-        if session.participant is None and now >= next_hello:
+        # In a round a client is quiet while the server collects; after ``stall_hello_s`` of
+        # silence it says hello anyway, so a server restarted mid-round learns its route.
+        stalled = now - last_heard > settings.stall_hello_s
+        if (session.participant is None or stalled) and now >= next_hello:
             session.hello()
             next_hello = now + settings.heartbeat_s
         got = transport.recv(int(settings.heartbeat_s * 1000))

@@ -44,8 +44,11 @@ def _stage_deadline(text: str) -> tuple[str, float]:
 def add_common_args(p: argparse.ArgumentParser) -> None:
     """Flags shared by serve, client and run."""
     p.add_argument("--protocol", choices=PROTOCOLS, default="secagg+")
-    p.add_argument("--n", type=int, default=8, help="clients per round (the cohort size)")
-    p.add_argument("--dim", type=int, default=1000, help="length of the update vector")
+    p.add_argument("--n", type=int, default=None,
+                   help="clients per round, the cohort (default: the job's clients; 8 with --dim)")
+    p.add_argument("--dim", type=int, default=None,
+                   help="run the synthetic federation of length-DIM vectors instead of a "
+                   "fine-tuning job")
     p.add_argument("--keys", default="keys", help="key folder (secagg keygen)")
     p.add_argument("--insecure", action="store_true",
                    help="no CurveZMQ, passive protocol: FOR TESTS ONLY")
@@ -56,12 +59,17 @@ def add_common_args(p: argparse.ArgumentParser) -> None:
 
 def add_serve_args(p: argparse.ArgumentParser) -> None:
     """Server flags (also taken by ``run``)."""
-    p.add_argument("--rounds", type=int, default=3, help="completed rounds to run")
+    p.add_argument("--rounds", type=int, default=None,
+                   help="completed rounds to run (default: the job's 30; 3 with --dim)")
     p.add_argument("--deadline", type=float, default=10.0, help="seconds per stage")
     p.add_argument("--stage-deadline", type=_stage_deadline, action="append", default=[],
                    metavar="STAGE=SECONDS", help="override one stage's deadline")
-    p.add_argument("--join-timeout", type=float, default=30.0,
-                   help="seconds to wait for a cohort before a round aborts")
+    p.add_argument("--join-timeout", type=float, default=None,
+                   help="seconds to wait for a cohort before a round aborts (default 30; "
+                   "300 for a fine-tuning job, whose clients load a model first)")
+    p.add_argument("--min-clients", type=int, default=None, metavar="M",
+                   help="run a round with min(n, live) clients when that is >= M "
+                   "(default: exactly n); the round's threshold is re-derived for it")
     p.add_argument("--checkpoint", default="secagg.ckpt", help="checkpoint file")
     p.add_argument("--resume", action="store_true", help="continue from --checkpoint")
     p.add_argument("--json", dest="json_path", help="write a per-round summary here")
@@ -77,6 +85,7 @@ def add_client_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--idle-timeout", type=float, default=120.0)
     p.add_argument("--state", help="file keeping the last round id across restarts "
                    "(public; lets a restarted client rejoin)")
+    p.add_argument("--stats", help="append per-round training/protocol seconds here (JSON lines)")
     p.add_argument("--aggregates", help="append each round's decoded aggregate here "
                    "(JSON lines; CKKS clients decrypt it themselves)")
     p.add_argument("--crash-at", help=argparse.SUPPRESS)
@@ -115,6 +124,18 @@ def serve_main(ns: argparse.Namespace, *, progress_stream: Any = None) -> int:
     _logging(ns.verbose)
     if (code := _refuse_ckks(ns)) is not None:
         return code
+
+    def emit(event: dict[str, Any]) -> None:
+        if progress_stream is not None:
+            progress_stream.write(json.dumps(event) + "\n")
+            progress_stream.flush()
+
+    prep = None
+    if ns.dim is None:
+        from fl_core.finetune.commands import prepare_from_args
+
+        if (prep := prepare_from_args(ns, "serve")) is None:
+            return 2
     limits = limits_for(ns.n, ns.dim, ckks=ns.protocol.startswith("ckks"))
     try:
         if ns.insecure:
@@ -128,29 +149,36 @@ def serve_main(ns: argparse.Namespace, *, progress_stream: Any = None) -> int:
         print(f"secagg serve: {exc}", file=sys.stderr)
         return 1
     settings = ServerSettings(
-        config_args=config_args(ns), dim=ns.dim, rounds=ns.rounds,
-        checkpoint=Path(ns.checkpoint), resume=ns.resume,
-        json_path=Path(ns.json_path) if ns.json_path else None,
+        config_args=prep.config_args if prep else config_args(ns), dim=ns.dim,
+        rounds=ns.rounds, checkpoint=Path(ns.checkpoint), resume=ns.resume,
+        json_path=Path(ns.json_path) if ns.json_path and prep is None else None,
         driver=DriverSettings(deadline_s=ns.deadline, stage_deadlines=dict(ns.stage_deadline),
-                              join_timeout_s=ns.join_timeout),
-        broadcast_state=getattr(ns, "state_broadcast", True), crash_after=ns.crash_after)
+                              join_timeout_s=ns.join_timeout,
+                              min_clients=getattr(ns, "min_clients", None)),
+        broadcast_state=getattr(ns, "state_broadcast", True) or prep is not None,
+        crash_after=ns.crash_after)
+    task = None
+    if prep is not None:
+        from fl_core.finetune.commands import server_task_for
 
-    def emit(event: dict[str, Any]) -> None:
-        if progress_stream is not None:
-            progress_stream.write(json.dumps(event) + "\n")
-            progress_stream.flush()
-
+        task = server_task_for(prep, emit)
     emit({"event": "listening", "endpoint": transport.endpoint})
     with transport:
         try:
-            ckpt = serve(transport, settings, progress=emit if progress_stream else None)
+            ckpt = serve(transport, settings, progress=emit if progress_stream else None,
+                         task=task)
         except (CheckpointError, FileExistsError, ValueError) as exc:
             print(f"secagg serve: {exc}", file=sys.stderr)
             return 2
+    if prep is not None and task is not None:
+        from fl_core.finetune.commands import finish_server
+
+        finish_server(prep, task, ckpt, ns.json_path, emit)
     emit({"event": "done", "step": ckpt.step})
     print(f"secagg serve: {ckpt.step} rounds applied (last round id {ckpt.last_round_id})",
           file=sys.stderr)
-    return 0 if ckpt.step >= ns.rounds else 1
+    stopped = task is not None and task.stop_reason() is not None
+    return 0 if ckpt.step >= ns.rounds or stopped else 1
 
 
 def client_main(ns: argparse.Namespace) -> int:
@@ -164,6 +192,17 @@ def client_main(ns: argparse.Namespace) -> int:
     _logging(ns.verbose)
     if (code := _refuse_ckks(ns)) is not None:
         return code
+    update = None
+    if ns.dim is None:
+        from fl_core.finetune.commands import client_task_from_args, prepare_from_args
+
+        if (prep := prepare_from_args(ns, f"client {ns.client_id}")) is None:
+            return 2
+        try:
+            update = client_task_from_args(ns, prep)
+        except ValueError as exc:
+            print(f"secagg client {ns.client_id}: {exc}", file=sys.stderr)
+            return 2
     limits = limits_for(ns.n, ns.dim, ckks=ns.protocol.startswith("ckks"))
     keys = None
     try:
@@ -176,11 +215,11 @@ def client_main(ns: argparse.Namespace) -> int:
                 ns.connect, client_id=ns.client_id, limits=limits, keys=keys.curve,
                 server_public=keyfiles.load_server_public(keyfiles.server_paths(ns.keys)[0]))
         with transport:
-            done = run_client(transport, keys=keys, settings=ClientSettings(
+            done = run_client(transport, keys=keys, update=update, settings=ClientSettings(
                 idle_timeout_s=ns.idle_timeout, crash_at=ns.crash_at, replay=ns.replay,
                 state_file=Path(ns.state) if ns.state else None,
                 aggregates_file=Path(ns.aggregates) if getattr(ns, "aggregates", None)
-                else None))
+                else None, stats_file=Path(ns.stats) if getattr(ns, "stats", None) else None))
     except (TransportError, FlCoreError, OSError) as exc:
         print(f"secagg client {ns.client_id}: {exc}", file=sys.stderr)
         return 1

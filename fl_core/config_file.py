@@ -16,6 +16,7 @@ the command does not take or a value of the wrong type is an error that names th
     bind = "tcp://0.0.0.0:7700"
     rounds = 5
     deadline = 10.0
+    min-clients = 6
     stage-deadline = { unmask = 3.0 }
 
     [client]

@@ -9,10 +9,14 @@ round goes on. A round completes when the protocol completes (at least the thres
 survived); a :class:`~protocols.errors.ProtocolError` from ``close_stage`` aborts it with a
 clear message, and the caller starts the next one.
 
-Client sampling: each round samples ``n`` of the connected, allowlisted clients with the
-operating system's CSPRNG (:class:`random.SystemRandom`), so no one can predict or steer a
-cohort. Only clients that have said hello (the transport knows a route to them) are eligible.
-No protocol logic lives here.
+Client sampling (:mod:`fl_core.cohort`): each round samples ``n`` of the live, allowlisted
+clients with the operating system's CSPRNG (:class:`random.SystemRandom`), so no one can
+predict or steer a cohort. Only clients that have said hello and whose connection libzmq still
+holds (checked by a ping before each draw) are eligible. With ``min_clients`` a round takes
+``min(n, live)`` clients when that is at least ``min_clients`` and rebuilds its config with
+that ``n`` (threshold re-derived or re-validated; a config that does not validate means the
+round does not start). :attr:`RoundOutcome.threshold` is the round's protocol threshold: a
+round that completes had at least that many survivors. No protocol logic lives here.
 
 CKKS (``ckks``, ``ckks+mask``): the dealer-free key setup (:mod:`protocols.keysetup`) is its
 own sans-IO session, driven by the same stage loop as a round and announced by a ``keys``
@@ -27,7 +31,6 @@ it (``RoundOutcome.encrypted``) and never sees a plaintext aggregate; the client
 from __future__ import annotations
 
 import logging
-import random
 import time
 from collections import Counter
 from collections.abc import Mapping
@@ -37,13 +40,14 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from fl_core.cohort import CohortSampler, round_config_args
 from fl_core.errors import PeerUnreachable, TransportError
 from fl_core.rounds import CONTROL, RoundStart, control_message, stage_number
 from fl_core.transport import ServerTransport
 from protocols.config import SecAggConfig
 from protocols.context import RoundContext
 from protocols.epoch import EpochContext
-from protocols.errors import ProtocolError
+from protocols.errors import ConfigError, ProtocolError
 from protocols.harness import create_server
 from protocols.keysetup import EpochKeys, KeySetupServer
 from protocols.messages import Message
@@ -59,12 +63,17 @@ log = logging.getLogger("fl_core.driver")
 @dataclass(frozen=True)
 class DriverSettings:
     """Deadlines in seconds: ``stage_deadlines`` by stage name (``"advertise"`` ...)
-    override ``deadline_s``; ``join_timeout_s`` bounds the wait for ``n`` clients to be
-    connected before a round."""
+    override ``deadline_s``; ``join_timeout_s`` bounds the wait for a cohort (``n`` clients,
+    or ``min_clients`` when set) before a round aborts. ``min_clients``: a round may run with
+    fewer than ``n`` live clients, down to this many (None: exactly ``n``), once no new
+    client has connected for ``refill_wait_s`` (the first round waits for ``n`` up to
+    ``join_timeout_s``; see :class:`~fl_core.cohort.CohortSampler`)."""
 
     deadline_s: float = 10.0
     stage_deadlines: Mapping[str, float] = field(default_factory=dict)
     join_timeout_s: float = 30.0
+    min_clients: int | None = None
+    refill_wait_s: float = 3.0
 
     def deadline(self, stage: ServerStage) -> float:
         """The deadline of ``stage`` in seconds."""
@@ -92,6 +101,9 @@ class RoundOutcome:
     """CKKS: the wire bytes of the encrypted sum (the server has no plaintext aggregate)."""
     key_epoch: int | None = None
     key_setup_seconds: float = 0.0
+    threshold: int = 0
+    """The round's protocol threshold (0: the round did not start): a completed round had at
+    least this many survivors."""
 
     @property
     def ok(self) -> bool:
@@ -113,6 +125,7 @@ class RoundDriver:
 
         Raises:
             ConfigError / TypeError: ``config_args`` is not a valid config.
+            ValueError: ``settings.min_clients`` is outside ``[1, n]``.
         """
         self.transport = transport
         self.config_args = dict(config_args)
@@ -121,8 +134,11 @@ class RoundDriver:
         allow = transport.allowlist
         self.eligible = eligible if eligible is not None else (
             frozenset(allow) if allow is not None else None)
+        self.sampler = CohortSampler(
+            transport, eligible=self.eligible, n=self.config.n,
+            min_clients=settings.min_clients, join_timeout_s=settings.join_timeout_s,
+            refill_wait_s=settings.refill_wait_s)
         self._progress = progress
-        self._rng = random.SystemRandom()
         self.broadcast_state = broadcast_state and not self.config.is_ckks
         self.epoch_keys: EpochKeys | None = None
         self._epoch = -1
@@ -131,24 +147,31 @@ class RoundDriver:
     # -- membership ------------------------------------------------------------------------
 
     def _available(self) -> list[int]:
-        ids = self.transport.clients
-        if self.eligible is not None:
-            ids = ids & self.eligible
-        return sorted(ids)
+        return self.sampler.available()
 
     def wait_for_clients(self, n: int, timeout_s: float) -> list[int]:
-        """Serve hellos until ``n`` clients are connected or ``timeout_s`` passes."""
-        deadline = time.monotonic() + timeout_s
-        while len(self._available()) < n and (left := deadline - time.monotonic()) > 0:
-            self.transport.recv(max(1, int(left * 1000)), stage=CONTROL)
-        return self._available()
+        """Serve hellos until ``n`` live clients are connected or ``timeout_s`` passes."""
+        return self.sampler.wait(n, timeout_s)
 
     def sample(self) -> tuple[int, ...] | None:
-        """``n`` connected clients drawn with the CSPRNG, or None if too few are there."""
-        avail = self.wait_for_clients(self.config.n, self.settings.join_timeout_s)
-        if len(avail) < self.config.n:
-            return None
-        return tuple(sorted(self._rng.sample(avail, self.config.n)))
+        """Up to ``n`` live clients drawn with the CSPRNG (see :class:`CohortSampler`), or
+        None if too few are there."""
+        return self.sampler.sample()
+
+    def round_config(self, n: int) -> tuple[dict[str, Any], SecAggConfig]:
+        """The config arguments and config of a round of ``n`` clients.
+
+        Raises:
+            ConfigError: the config does not validate with this ``n`` (e.g. an explicit
+                threshold above it).
+        """
+        if n == self.config.n:
+            return self.config_args, self.config
+        args = round_config_args(self.config_args, self.config, n)
+        try:
+            return args, SecAggConfig(**args)
+        except TypeError as exc:
+            raise ConfigError(str(exc)) from None
 
     # -- one round -------------------------------------------------------------------------
 
@@ -160,15 +183,31 @@ class RoundDriver:
         """Sample, start, drive every stage to the end; never raises for protocol failures
         or dead clients (the outcome says what went wrong)."""
         t0 = time.monotonic()
+        self.sampler.round_id = max(self.sampler.round_id, round_id - 1)
         sampled = self.sample()
         if sampled is None:
-            return RoundOutcome(round_id, (), error=(
-                f"round {round_id} aborted: fewer than {self.config.n} clients connected "
-                f"after {self.settings.join_timeout_s:g} s"), join_seconds=time.monotonic() - t0)
+            out = RoundOutcome(round_id, (), error=(
+                f"round {round_id} aborted: fewer than {self.sampler.floor} clients "
+                f"connected after {self.settings.join_timeout_s:g} s"),
+                join_seconds=time.monotonic() - t0)
+            log.warning("%s", out.error)
+            return out
         out = RoundOutcome(round_id, sampled, join_seconds=time.monotonic() - t0)
+        try:
+            args, config = self.round_config(len(sampled))
+        except ConfigError as exc:
+            out.error = (f"round {round_id} not started: a cohort of {len(sampled)} of the "
+                         f"configured {self.config.n} clients does not make a valid config: "
+                         f"{exc}")
+            log.warning("%s", out.error)
+            return out
+        out.threshold = config.threshold
+        self.sampler.round_id = round_id
+        self._emit(event="round_start", round=round_id, sampled=len(sampled), n=config.n,
+                   threshold=config.threshold)
         t0 = time.monotonic()  # the round's time starts once the cohort is there
         try:
-            self._drive(out, step, state)
+            self._drive(out, step, state, args, config)
         except ProtocolError as exc:
             out.error = f"round {round_id} aborted: {type(exc).__name__}: {exc}"
             self._broadcast(out, control_message("abort", round=round_id))
@@ -176,7 +215,7 @@ class RoundDriver:
         if out.error:
             log.warning("%s", out.error)
         self._emit(event="round_end", round=round_id, ok=out.ok, survivors=len(out.included),
-                   seconds=out.seconds, error=out.error)
+                   threshold=out.threshold, seconds=out.seconds, error=out.error)
         return out
 
     def _verify_keys(self, ids: tuple[int, ...]) -> dict[int, Any] | None:
@@ -187,11 +226,11 @@ class RoundDriver:
             raise ProtocolError("active mode needs the allowlist's identity keys")
         return {c: allow[c].identity for c in ids}
 
-    def _context(self, round_id: int, sampled: tuple[int, ...], dim: int) -> tuple[
-            RoundContext, dict[int, bytes] | None]:
+    def _context(self, round_id: int, sampled: tuple[int, ...], dim: int,
+                 config: SecAggConfig) -> tuple[RoundContext, dict[int, bytes] | None]:
         keys = self._verify_keys(sampled)
         fp = self.epoch_keys.fingerprint if self.epoch_keys is not None else None
-        ctx = RoundContext(config=self.config, round_id=round_id, dim=dim, client_ids=sampled,
+        ctx = RoundContext(config=config, round_id=round_id, dim=dim, client_ids=sampled,
                            verify_keys=keys, ckks_fingerprint=fp)
         return ctx, None if keys is None else {c: k.to_bytes() for c, k in keys.items()}
 
@@ -228,7 +267,8 @@ class RoundDriver:
         log.info("key epoch %d: %d holders, leader %s", self._epoch,
                  len(server.keys.holders), server.leader)
 
-    def _drive(self, out: RoundOutcome, step: int, state: npt.NDArray[np.float64]) -> None:
+    def _drive(self, out: RoundOutcome, step: int, state: npt.NDArray[np.float64],
+               args: dict[str, Any], config: SecAggConfig) -> None:
         dim = int(state.shape[0])
         if self.config.is_ckks:
             self._ensure_keys(out)
@@ -236,11 +276,11 @@ class RoundDriver:
             missing = set(out.sampled) - set(self.epoch_keys.holders)
             if missing:
                 raise ProtocolError(f"clients {sorted(missing)} missed the key setup")
-        ctx, vks = self._context(out.round_id, out.sampled, dim)
+        ctx, vks = self._context(out.round_id, out.sampled, dim, config)
         server = create_server(
             ctx, public=self.epoch_keys.public if self.epoch_keys is not None else None)
         start = RoundStart(round_id=out.round_id, step=step,
-                           first_stage=stage_number(server.stage), config=self.config_args,
+                           first_stage=stage_number(server.stage), config=args,
                            dim=dim, clients=out.sampled, verify_keys=vks,
                            state=state if self.broadcast_state else None,
                            ckks_fingerprint=ctx.ckks_fingerprint if self.config.is_ckks

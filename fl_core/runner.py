@@ -5,6 +5,11 @@ stdout (listening endpoint, stage changes, round summaries); this process starts
 once the server listens, renders progress with rich (round, stage, survivors, bytes,
 seconds), and waits for everyone with bounded timeouts. Without ``--insecure`` it writes key
 files into ``--keys`` first if that folder has none.
+
+Without ``--dim`` it runs a fine-tuning job (:mod:`fl_core.finetune`): it writes the job file
+next to the checkpoint, starts ``num_clients`` clients on it (each with a stats file), shows
+accuracy and epsilon as rounds finish, and adds the time split (training / protocol compute /
+the rest: transport, waiting, server) to the ``--json`` summary.
 """
 
 from __future__ import annotations
@@ -36,8 +41,8 @@ def _ensure_keys(folder: Path, n: int) -> None:
 
 
 def _common(ns: argparse.Namespace) -> list[str]:
-    args = ["--protocol", ns.protocol, "--n", str(ns.n), "--dim", str(ns.dim),
-            "--keys", str(ns.keys)]
+    args = ["--protocol", ns.protocol, "--n", str(ns.n), "--keys", str(ns.keys)]
+    args += ["--dim", str(ns.dim)] if ns.dim is not None else ["--job", str(ns.job)]
     return [*args, "--insecure"] if ns.insecure else args
 
 
@@ -51,18 +56,47 @@ def _server_cmd(ns: argparse.Namespace) -> list[str]:
         cmd.append("--resume")
     if ns.json_path:
         cmd += ["--json", ns.json_path]
+    if getattr(ns, "min_clients", None):
+        cmd += ["--min-clients", str(ns.min_clients)]
     return cmd
 
 
 def _table(rows: list[dict[str, Any]]) -> Table:
     t = Table(title="secagg run")
-    for col in ("round", "ok", "survivors", "up MB", "down MB", "seconds"):
+    cols = ["round", "ok", "survivors", "up MB", "down MB", "seconds"]
+    if any("epsilon" in r for r in rows):
+        cols.append("epsilon")
+    for col in cols:
         t.add_column(col, justify="right")
     for r in rows:
-        t.add_row(str(r["round"]), "yes" if r["ok"] else "ABORTED",
-                  f"{len(r['survivors'])}/{len(r['sampled'])}", f"{r['bytes_up'] / 1e6:.2f}",
-                  f"{r['bytes_down'] / 1e6:.2f}", f"{r['seconds']:.2f}")
+        cells = [str(r["round"]), "yes" if r["ok"] else "ABORTED",
+                 f"{len(r['survivors'])}/{len(r['sampled'])}", f"{r['bytes_up'] / 1e6:.2f}",
+                 f"{r['bytes_down'] / 1e6:.2f}", f"{r['seconds']:.2f}"]
+        if "epsilon" in cols:
+            cells.append(f"{r.get('epsilon', 0.0):.3f}")
+        t.add_row(*cells)
     return t
+
+
+def _client_cmd(ns: argparse.Namespace, endpoint: str, cid: int) -> list[str]:
+    cmd = [*_PY, "client", *_common(ns), "--connect", endpoint, "--id", str(cid),
+           "--idle-timeout", str(ns.join_timeout + 10 * ns.deadline + 300)]
+    if ns.dim is None:
+        cmd += ["--stats", str(_stats_path(ns, cid))]
+    return cmd
+
+
+def _stats_path(ns: argparse.Namespace, cid: int) -> Path:
+    return Path(ns.checkpoint).with_name(f"client-{cid}.stats.jsonl")
+
+
+def _describe(ev: dict[str, Any]) -> str:
+    text = (f"round {ev['round']}: {'ok' if ev['ok'] else ev['error']}, "
+            f"survivors {len(ev['survivors'])}/{len(ev['sampled'])}, "
+            f"{(ev['bytes_up'] + ev['bytes_down']) / 1e6:.2f} MB, {ev['seconds']:.2f} s")
+    if "epsilon" in ev:
+        text += f", epsilon {ev['epsilon']:.3f}"
+    return text
 
 
 def _follow(server: subprocess.Popen[str], ns: argparse.Namespace, console: Console,
@@ -71,7 +105,7 @@ def _follow(server: subprocess.Popen[str], ns: argparse.Namespace, console: Cons
     rows: list[dict[str, Any]] = []
     out: IO[str] | None = server.stdout
     assert out is not None
-    with console.status("starting server") as status:
+    with console.status("starting server (loading the model and data)") as status:
         for line in out:
             try:
                 ev = json.loads(line)
@@ -80,30 +114,61 @@ def _follow(server: subprocess.Popen[str], ns: argparse.Namespace, console: Cons
             kind = ev.get("event")
             if kind == "listening":
                 endpoint = ev["endpoint"]
-                clients = [subprocess.Popen(
-                    [*_PY, "client", *_common(ns), "--connect", endpoint, "--id", str(cid),
-                     "--idle-timeout", str(ns.join_timeout + 10 * ns.deadline)])
-                    for cid in range(1, ns.n + 1)]
-                status.update(f"server on {endpoint}, {ns.n} clients starting")
+                clients = [subprocess.Popen(_client_cmd(ns, endpoint, cid))
+                           for cid in range(1, ns.population + 1)]
+                status.update(f"server on {endpoint}, {ns.population} clients starting")
             elif kind == "stage":
                 status.update(f"round {ev['round']}: {ev['stage']}")
+            elif kind == "eval":
+                metric = "accuracy" if "accuracy" in ev else "perplexity"
+                console.print(f"evaluation after {ev['step']} rounds: {metric} "
+                              f"{ev.get(metric)}, loss {ev['loss']} ({ev['examples']} held out)")
+            elif kind == "stopped":
+                console.print(f"[yellow]stopped: {ev['reason']}[/yellow]")
             elif kind == "summary":
                 rows.append(ev)
-                console.print(f"round {ev['round']}: {'ok' if ev['ok'] else ev['error']}, "
-                              f"survivors {len(ev['survivors'])}/{len(ev['sampled'])}, "
-                              f"{(ev['bytes_up'] + ev['bytes_down']) / 1e6:.2f} MB, "
-                              f"{ev['seconds']:.2f} s")
+                console.print(_describe(ev))
+                status.update(f"round {ev['round']} done")
             elif kind == "done":
                 break
     console.print(_table(rows))
     return clients
 
 
+def _prepare_job(ns: argparse.Namespace) -> int | None:
+    """Job mode: write the job file next to the checkpoint and default the cohort/deadlines."""
+    from fl_core.finetune.cli_args import job_from_args
+    from fl_core.finetune.job import JobError
+
+    try:
+        job = job_from_args(ns, rounds=ns.rounds)
+    except JobError as exc:
+        print(f"secagg run: {exc}", file=sys.stderr)
+        return 2
+    folder = Path(ns.checkpoint).parent
+    folder.mkdir(parents=True, exist_ok=True)
+    ns.job = str(folder / "job.json")
+    job.save(ns.job)
+    if not ns.json_path:
+        ns.json_path = str(folder / "run_summary.json")
+    ns.population = job.num_clients
+    ns.n = ns.n if ns.n is not None else job.num_clients
+    ns.rounds = job.rounds
+    if not any(name == "advertise" for name, _ in ns.stage_deadline):
+        ns.stage_deadline = [*ns.stage_deadline, ("advertise", 300.0)]  # local training
+    for cid in range(1, ns.population + 1):
+        _stats_path(ns, cid).unlink(missing_ok=True)
+    return None
+
+
 def run_main(ns: argparse.Namespace) -> int:
     """``secagg run``; return the exit status (the server's)."""
     console = Console(stderr=True)
+    ns.population = ns.n
+    if ns.dim is None and (code := _prepare_job(ns)) is not None:
+        return code
     if not ns.insecure:
-        _ensure_keys(Path(ns.keys), ns.n)
+        _ensure_keys(Path(ns.keys), ns.population)
     if ns.port == 0:
         import socket
 
@@ -114,14 +179,17 @@ def run_main(ns: argparse.Namespace) -> int:
     clients: list[subprocess.Popen[bytes]] = []
     try:
         clients = _follow(server, ns, console)
-        code = server.wait(timeout=30)
+        code = server.wait(timeout=120)
     finally:
         procs: list[subprocess.Popen[Any]] = [server, *clients]
         for p in procs:
             try:
-                p.wait(timeout=10 if p is not server else 0.1)
+                p.wait(timeout=15 if p is not server else 0.1)
             except subprocess.TimeoutExpired:
                 p.kill()
                 p.wait(timeout=5)
-    return code
+    if ns.dim is None:
+        from fl_core.finetune.report import finish_run
 
+        finish_run(ns, console, [_stats_path(ns, c) for c in range(1, ns.population + 1)])
+    return code

@@ -1,11 +1,13 @@
 """The server loop: rounds over a transport, the global state, checkpoints, summaries.
 
-The "model" is a float64 vector; each completed round adds the survivors' mean update to it
-(FedAvg with a server learning rate of 1). Issue 6 swaps the vector for adapter weights and
-fills the accountant slot of the checkpoint. Per round: reserve the round id in the
-checkpoint, run the round (:class:`~fl_core.driver.RoundDriver`), apply and checkpoint in one
-atomic write, report. ``rounds`` counts *completed* steps: an aborted round does not count,
-and the loop gives up after ``max_aborts`` aborts in a row.
+The global state is a float64 vector whose meaning belongs to a
+:class:`~fl_core.tasks.ServerTask`: the synthetic federation's :class:`~fl_core.tasks.FedAvgTask`
+adds the survivors' mean update; the fine-tuning job's task holds adapter weights, takes a DP
+Adam step and keeps the privacy accountant. Per round: reserve the round id in the checkpoint,
+run the round (:class:`~fl_core.driver.RoundDriver`), apply it (the task), checkpoint the state
+with the task's state in one atomic write, report. ``rounds`` counts *completed* steps: an
+aborted round does not count, and the loop gives up after ``max_aborts`` aborts in a row or
+when the task says stop (a spent privacy budget).
 
 CKKS: the server holds no key and never sees a plaintext aggregate. Its plaintext state stays
 zero (a round counts as a step, adding nothing); the round's *encrypted* sum is its state,
@@ -29,10 +31,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from fl_core.checkpoint import Checkpoint, resume, write_atomic
 from fl_core.driver import DriverSettings, RoundDriver, RoundOutcome
+from fl_core.tasks import FedAvgTask, ServerTask
 from fl_core.transport import ServerTransport
 
 __all__ = ["ServerSettings", "encsum_path", "serve"]
@@ -62,6 +63,7 @@ def _summary(out: RoundOutcome, step: int, drops: Mapping[Any, int], max_dim: in
              ) -> dict[str, Any]:
     doc: dict[str, Any] = {
         "round": out.round_id, "step": step, "ok": out.ok, "error": out.error,
+        "threshold": out.threshold,
         "sampled": list(out.sampled), "survivors": list(out.included),
         "bytes_up": out.bytes_up, "bytes_down": out.bytes_down,
         "seconds": round(out.seconds, 4), "join_seconds": round(out.join_seconds, 4),
@@ -86,21 +88,28 @@ def _maybe_crash(settings: ServerSettings, where: str, round_id: int) -> None:
         os.kill(os.getpid(), signal.SIGKILL)
 
 
-def _start_state(settings: ServerSettings, membership: tuple[int, ...]) -> Checkpoint:
+def _start_state(settings: ServerSettings, membership: tuple[int, ...],
+                 task: ServerTask) -> Checkpoint:
     if settings.resume and settings.checkpoint.exists():
         ckpt = resume(settings.checkpoint)
         if ckpt.state.shape[0] != settings.dim:
             raise ValueError(f"checkpoint dim {ckpt.state.shape[0]} != --dim {settings.dim}")
+        task.load_state_dict(ckpt.accountant, ckpt.extra)
         log.info("resumed at step %d (last round id %d)", ckpt.step, ckpt.last_round_id)
         return ckpt
     if settings.checkpoint.exists() and not settings.resume:
         raise FileExistsError(f"{settings.checkpoint} exists: pass --resume or remove it")
-    return Checkpoint.fresh(settings.dim, membership)
+    task.load_state_dict(None, {})
+    doc, arrays = task.state_dict()
+    return Checkpoint(0, 0, 0, task.initial_state(settings.dim), membership,
+                      accountant=doc or None, extra=arrays)
 
 
 def serve(transport: ServerTransport, settings: ServerSettings,
-          progress: Callable[[dict[str, Any]], None] | None = None) -> Checkpoint:
-    """Run until ``settings.rounds`` steps are applied (or too many aborts in a row).
+          progress: Callable[[dict[str, Any]], None] | None = None,
+          task: ServerTask | None = None) -> Checkpoint:
+    """Run until ``settings.rounds`` steps are applied (or too many aborts in a row, or the
+    task says stop); ``task`` defaults to :class:`~fl_core.tasks.FedAvgTask`.
 
     Raises:
         CheckpointError: ``--resume`` with an unreadable checkpoint.
@@ -109,25 +118,32 @@ def serve(transport: ServerTransport, settings: ServerSettings,
     """
     allow = transport.allowlist
     membership = tuple(sorted(allow)) if allow is not None else ()
-    ckpt = _start_state(settings, membership)
+    task = task if task is not None else FedAvgTask()
+    ckpt = _start_state(settings, membership, task)
     driver = RoundDriver(transport, config_args=settings.config_args,
                          settings=settings.driver, progress=progress,
                          broadcast_state=settings.broadcast_state)
     summaries: list[dict[str, Any]] = list(ckpt.history)
     aborts = 0
     while ckpt.step < settings.rounds and aborts < settings.max_aborts:
+        if (reason := task.stop_reason()) is not None:
+            log.warning("stopping before step %d: %s", ckpt.step + 1, reason)
+            if progress is not None:
+                progress({"event": "stopped", "step": ckpt.step, "reason": reason})
+            break
         round_id = ckpt.last_round_id + 1
         ckpt = ckpt.reserve(round_id)
         write_atomic(settings.checkpoint, ckpt)  # this id is never used again
         out = driver.run_round(round_id, ckpt.step, ckpt.state)
-        mean = out.aggregate / out.weight_total if out.aggregate is not None else None
-        if out.encrypted is not None:  # CKKS: the ciphertext is the state, nothing to add
+        if out.encrypted is not None:  # CKKS: the ciphertext is the state
             write_bytes_atomic(encsum_path(settings.checkpoint), out.encrypted)
-            mean = np.zeros(settings.dim)
+        new_state = task.apply(ckpt.state, out) if out.ok else None
         summary = _summary(out, ckpt.step + (1 if out.ok else 0), driver.drops,
                            settings.aggregate_in_json_max_dim)
+        summary.update(task.report(out))
         _maybe_crash(settings, "aggregate", round_id)
-        ckpt = ckpt.apply(round_id, mean, summary)
+        doc, arrays = task.state_dict()
+        ckpt = ckpt.advance(round_id, new_state, summary, task_state=doc or None, extra=arrays)
         write_atomic(settings.checkpoint, ckpt)
         _maybe_crash(settings, "checkpoint", round_id)
         aborts = 0 if out.ok else aborts + 1

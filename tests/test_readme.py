@@ -12,9 +12,10 @@ BLOCK = re.compile(r"```python\n(.*?)```", re.S)
 EXPECT = re.compile(r"^print\(.*\)\s+#\s*(.+)$")
 
 
-def test_readme_python_blocks_print_what_they_claim() -> None:
-    blocks = BLOCK.findall((ROOT / "README.md").read_text())
-    assert blocks, "README has no python examples"
+def check_python_blocks(text: str) -> int:
+    """Run every python block of a markdown ``text``; each must exit 0 and print exactly the
+    ``# expected`` comments of its ``print(...)`` lines. Returns the number of blocks."""
+    blocks = BLOCK.findall(text)
     for code in blocks:
         expected = [m.group(1).strip() for line in code.splitlines() if (m := EXPECT.match(line))]
         proc = subprocess.run(
@@ -23,3 +24,8 @@ def test_readme_python_blocks_print_what_they_claim() -> None:
         assert proc.returncode == 0, proc.stderr
         got = [" ".join(line.split()) for line in proc.stdout.splitlines()]
         assert got == [" ".join(e.split()) for e in expected]
+    return len(blocks)
+
+
+def test_readme_python_blocks_print_what_they_claim() -> None:
+    assert check_python_blocks((ROOT / "README.md").read_text()), "README has no python examples"

@@ -91,8 +91,11 @@ def test_client_and_run_tables(tmp_path: Path, seen: list[argparse.Namespace]) -
 
 
 def test_without_config_flags_and_defaults_apply(seen: list[argparse.Namespace]) -> None:
-    assert cli.main(["serve", "--rounds", "2"]) == 0
+    assert cli.main(["serve", "--rounds", "2", "--dim", "10"]) == 0
     assert (seen[0].rounds, seen[0].n, seen[0].config) == (2, 8, None)
+    assert cli.main(["serve"]) == 0  # a fine-tuning job: cohort and rounds come from the job
+    assert (seen[1].dim, seen[1].n, seen[1].rounds, seen[1].join_timeout) == (
+        None, None, None, 300.0)
 
 
 @pytest.mark.parametrize(("text", "needle"), [

@@ -91,7 +91,8 @@ def cluster(key_dir: Path, tmp_path: Path) -> Iterator[Cluster]:
 
 
 def expected_sum(r: dict[str, Any]) -> np.ndarray:
-    return np.sum([synthetic_update(c, r["round"], DIM) for c in r["survivors"]], axis=0)
+    parts = [synthetic_update(c, r["round"], DIM) for c in r["survivors"]]
+    return np.asarray(np.sum(parts, axis=0), dtype=np.float64)
 
 
 def check_aggregates(rounds: list[dict[str, Any]]) -> None:

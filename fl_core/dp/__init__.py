@@ -1,0 +1,40 @@
+"""Differential privacy: config, CSPRNG noise, mechanisms (local Gaussian, distributed discrete
+Gaussian) and accounting with dp-accounting."""
+
+from __future__ import annotations
+
+from fl_core.dp.accountant import (
+    PrivacyAccountant,
+    calibrate_noise_multiplier,
+    client_level_warning,
+)
+from fl_core.dp.config import DpConfig, Placement, Unit
+from fl_core.dp.errors import DpConfigError
+from fl_core.dp.mechanism import (
+    add_distributed_noise,
+    add_local_noise,
+    clip_l2,
+    effective_noise_multiplier,
+    grid_unit,
+    integer_sensitivity,
+    tail_probability,
+)
+from fl_core.dp.noise import NoiseSource
+
+__all__ = [
+    "DpConfig",
+    "DpConfigError",
+    "NoiseSource",
+    "Placement",
+    "PrivacyAccountant",
+    "Unit",
+    "add_distributed_noise",
+    "add_local_noise",
+    "calibrate_noise_multiplier",
+    "client_level_warning",
+    "clip_l2",
+    "effective_noise_multiplier",
+    "grid_unit",
+    "integer_sensitivity",
+    "tail_probability",
+]

@@ -1,0 +1,119 @@
+"""Wiring a fine-tuning job into ``secagg serve`` / ``secagg client``: build, run, summarise.
+
+:func:`prepare` is what every party does first, identically: load the data and the model, fix
+the protocol's threshold, resolve the DP mechanism and from it the fixed-point range of the
+protocol. The server then evaluates the initial weights, runs the rounds with
+:class:`~fl_core.finetune.server_task.FinetuneServerTask` and evaluates again; the clients
+answer rounds with :class:`~fl_core.finetune.client_task.FinetuneClientTask`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from fl_core.checkpoint import Checkpoint
+from fl_core.finetune.job import FinetuneJob, JobError
+from fl_core.finetune.party import JobData, build_job_model, load_job_data
+from fl_core.finetune.privacy import ResolvedDp, resolve_dp
+from models import AdaptedModel
+from protocols.config import SecAggConfig
+
+__all__ = ["Prepared", "final_summary", "prepare", "write_summary"]
+
+
+@dataclass
+class Prepared:
+    """A party's view of the job, ready to run."""
+
+    job: FinetuneJob
+    data: JobData
+    model: AdaptedModel
+    dp: ResolvedDp
+    config_args: dict[str, Any]
+
+    @property
+    def dim(self) -> int:
+        """Values aggregated per round (the trainable weights)."""
+        return self.model.num_trainable
+
+
+def _check_protocol(job: FinetuneJob, protocol: str) -> None:
+    if protocol.startswith("ckks"):
+        raise JobError("fine-tuning runs over secagg, secagg+ or plain; over CKKS the server "
+                       "could not take the optimizer step on an encrypted sum (not wired yet)")
+    if protocol == "plain" and job.dp != "none" and job.noise == "distributed":
+        raise JobError("distributed noise needs secure aggregation: with --protocol plain the "
+                       "server would see each party's small noise share alone; use secagg+ "
+                       "or --noise local")
+
+
+def prepare(job: FinetuneJob, *, protocol: str, n: int, active: bool) -> Prepared:
+    """Build the model and data, and resolve DP and the protocol config for cohort ``n``.
+
+    Raises:
+        JobError: a protocol the job cannot run over, or unreachable DP targets.
+        ConfigError: the protocol config does not validate.
+        AssetNotFoundError, DataFormatError: the model or data cannot be loaded.
+    """
+    _check_protocol(job, protocol)
+    _quiet_transformers()
+    base: dict[str, Any] = {"protocol": protocol, "n": n}
+    if protocol != "plain":
+        base["active"] = active
+    threshold = SecAggConfig(**base).threshold
+    data = load_job_data(job)
+    model = build_job_model(job, data)
+    dp = resolve_dp(job, dim=model.num_trainable, sizes=data.sizes, cohort=n,
+                    threshold=threshold)
+    args = {**base, "clip": dp.protocol_clip, "scale": dp.protocol_scale}
+    if protocol != "plain":
+        args["threshold"] = threshold  # explicit: the DP noise shares are calibrated to it
+    SecAggConfig(**args)  # validate now, with a clear error, rather than in round 1
+    return Prepared(job, data, model, dp, args)
+
+
+def _quiet_transformers() -> None:
+    """No per-process load reports or progress bars (the fresh head is expected)."""
+    import transformers
+
+    transformers.logging.set_verbosity_error()
+    transformers.logging.disable_progress_bar()
+
+
+def final_summary(prep: Prepared, ckpt: Checkpoint, evals: list[dict[str, Any]],
+                  extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The machine-readable summary of a finished job."""
+    rounds = [r for r in ckpt.history if r.get("ok")]
+    n_clients = [max(len(r.get("survivors", [])), 1) for r in rounds]
+    up = [r["bytes_up"] / k for r, k in zip(rounds, n_clients, strict=True)]
+    down = [r["bytes_down"] / k for r, k in zip(rounds, n_clients, strict=True)]
+    first, last = (evals[0] if evals else {}), (evals[-1] if evals else {})
+    metric = "accuracy" if "accuracy" in first else "perplexity"
+    doc: dict[str, Any] = {
+        "job": json.loads(prep.job.to_json()), "job_digest": prep.job.digest,
+        "protocol": prep.config_args, "dim": prep.dim, "dp": prep.dp.describe(),
+        "rounds": ckpt.step, "rounds_attempted": len(ckpt.history),
+        f"{metric}_before": first.get(metric), f"{metric}_after": last.get(metric),
+        "evaluations": evals,
+        "epsilon": rounds[-1].get("epsilon", 0.0) if rounds else 0.0,
+        "delta": prep.dp.delta,
+        "bytes_up_per_client_per_round": round(sum(up) / len(up), 1) if up else 0.0,
+        "bytes_down_per_client_per_round": round(sum(down) / len(down), 1) if down else 0.0,
+        "round_seconds": [r.get("seconds") for r in rounds],
+        "per_round": list(ckpt.history),
+    }
+    if prep.dp.config is None:
+        doc["epsilon"] = None  # no DP: no finite epsilon (JSON has no infinity)
+    return doc | (extra or {})
+
+
+def write_summary(path: str | Path, doc: dict[str, Any]) -> None:
+    """Write ``doc`` as JSON, atomically."""
+    target = Path(path)
+    tmp = target.with_name(target.name + ".tmp")
+    tmp.write_text(json.dumps(doc, indent=1, default=str))
+    os.replace(tmp, target)

@@ -1,0 +1,112 @@
+"""The fine-tuning job's client side: from the global weights to this party's contribution.
+
+Called once per round by :func:`fl_core.client_app.run_client` with the global adapter weights
+the server broadcast; returns the vector the secure aggregation protocol sums (see
+:mod:`fl_core.finetune.privacy` for the four DP modes). Noise comes from a
+:class:`~fl_core.dp.NoiseSource` (AES-CTR keyed from the OS CSPRNG); record sampling uses the
+same source. The training data never leaves this object.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from fl_core.dp import NoiseSource, Placement, Unit, add_distributed_noise, add_local_noise, clip_l2
+from fl_core.finetune.job import FinetuneJob
+from fl_core.finetune.privacy import ResolvedDp
+from models import AdaptedModel, Dataset, TrainConfig, train_local
+from models.dp_grad import clipped_grad_sum, poisson_indices
+from models.dp_train import DpSgdConfig, train_local_dp
+
+__all__ = ["FinetuneClientTask"]
+
+log = logging.getLogger("fl_core.finetune")
+
+Vector = npt.NDArray[np.float64]
+
+
+class FinetuneClientTask:
+    """``update(round_id, global_state) -> contribution`` for one party."""
+
+    def __init__(self, job: FinetuneJob, client_id: int, model: AdaptedModel, data: Dataset,
+                 dp: ResolvedDp, *, stats_path: Path | None = None) -> None:
+        self.job, self.client_id, self.model, self.data, self.dp = job, client_id, model, data, dp
+        self.noise = NoiseSource()
+        self.stats_path = stats_path
+        cfg = dp.config
+        # Clients hand the protocol values in units of C: sensitivity 1, grid 2^-grid_scale.
+        self.unit_cfg = replace(cfg, clip=1.0) if cfg is not None else None
+
+    def __call__(self, round_id: int, state: Vector) -> Vector:
+        """This party's contribution to round ``round_id`` starting from ``state``.
+
+        Raises:
+            VectorLengthError: ``state`` is not the model's length.
+        """
+        start = time.perf_counter()
+        self.model.set_vector(state)
+        out, info = self._contribution(round_id)
+        bound = self.dp.protocol_clip
+        clamped = int(np.count_nonzero(np.abs(out) > bound))
+        if clamped:
+            log.warning("round %d: %d values beyond the protocol range +-%g clamped", round_id,
+                        clamped, bound)
+            np.clip(out, -bound, bound, out=out)
+        info |= {"round": round_id, "client": self.client_id, "clamped": clamped,
+                 "train_s": round(time.perf_counter() - start, 4)}
+        self._record(info)
+        return out
+
+    def _contribution(self, round_id: int) -> tuple[Vector, dict[str, Any]]:
+        job, cfg = self.job, self.dp.config
+        if cfg is not None and cfg.unit is Unit.RECORD and cfg.placement is Placement.DISTRIBUTED:
+            idx = poisson_indices(len(self.data), cfg.sample_rate, self.noise.uniform)
+            cs = clipped_grad_sum(self.model, self.data, idx, clip=cfg.clip,
+                                  max_length=job.max_length)
+            assert self.unit_cfg is not None
+            noised = add_distributed_noise(cs.vector / cfg.clip, self.unit_cfg, self.noise)
+            return noised, {"examples": cs.count, "loss": cs.loss,
+                            "frac_clipped": cs.frac_clipped}
+        if cfg is not None and cfg.unit is Unit.RECORD:  # local DP-SGD (DP-LoRA)
+            res = train_local_dp(self.model, self.data, DpSgdConfig(
+                steps=job.local_steps, sample_rate=cfg.sample_rate, clip=cfg.clip,
+                noise_std=cfg.noise_multiplier * cfg.clip, learning_rate=job.lr,
+                max_length=job.max_length), uniform=self.noise.uniform,
+                gaussian=self.noise.gaussian)
+            return res.update.astype(np.float64), _train_info(res.losses, res.examples_seen)
+        res_plain = train_local(self.model, self.data, TrainConfig(
+            steps=job.local_steps, batch_size=job.batch_size, learning_rate=job.lr,
+            max_length=job.max_length), seed=_round_seed(job, self.client_id, round_id))
+        update = res_plain.update.astype(np.float64)
+        info = _train_info(res_plain.losses, res_plain.examples_seen)
+        if cfg is None:
+            return update, info
+        clipped, norm = clip_l2(update, cfg.clip)
+        assert self.unit_cfg is not None
+        scaled = clipped / cfg.clip
+        if cfg.placement is Placement.DISTRIBUTED:
+            return add_distributed_noise(scaled, self.unit_cfg, self.noise), info | {"norm": norm}
+        return add_local_noise(scaled, self.unit_cfg, self.noise), info | {"norm": norm}
+
+    def _record(self, info: dict[str, Any]) -> None:
+        if self.stats_path is None:
+            return
+        with self.stats_path.open("a") as f:
+            f.write(json.dumps(info) + "\n")
+
+
+def _train_info(losses: tuple[float, ...], examples: int) -> dict[str, Any]:
+    return {"examples": examples, "loss": float(np.mean(losses)) if losses else None}
+
+
+def _round_seed(job: FinetuneJob, client_id: int, round_id: int) -> int:
+    """Batch order for non-private local training (public; no DP claim rests on it)."""
+    return (job.seed * 1_000_003 + client_id) * 1_000_003 + round_id

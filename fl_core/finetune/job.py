@@ -1,0 +1,159 @@
+"""The description of one federated fine-tuning job, shared by the server and every client.
+
+Every party builds the same model, adapter and data split from a :class:`FinetuneJob` (``secagg
+run`` writes it once as JSON and hands the file to each process; ``secagg serve`` and ``secagg
+client`` on other hosts take the same file with ``--job``). All choices are public: a party's
+private data is its own partition, never the job.
+
+Privacy (``dp``): ``"record"`` protects each training example, ``"client"`` a party's whole data,
+``"none"`` turns DP off (plain secure FedAvg). ``noise``: ``"distributed"`` (each party adds a
+share of the noise; the secure sum carries the full ``sigma * C``) or ``"local"`` (each party adds
+the full noise itself: DP-LoRA). The noise multiplier is either given or solved from ``epsilon``
+for the planned number of rounds (:func:`fl_core.finetune.privacy.resolve_dp`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any, Literal
+
+__all__ = ["FinetuneJob", "JobError"]
+
+DpUnitName = Literal["record", "client", "none"]
+NoiseName = Literal["distributed", "local"]
+
+
+class JobError(ValueError):
+    """A job description is malformed or self-contradictory."""
+
+
+@dataclass(frozen=True)
+class FinetuneJob:
+    """What is trained, on what, for how long, with which privacy.
+
+    Attributes (the ``secagg run`` flag of the same name sets each):
+        model: ``"minilm"``, ``"smollm2"``, a local Hugging Face folder or a GGUF path.
+        data: a packaged data set name (``models.PACKAGED_DATASETS``) or a CSV/JSONL path.
+        adapter: ``"lora"``, ``"prefix"``, ``"prompt"`` or ``"full"``.
+        num_clients: parties holding data (ids 1..num_clients); the cohort is ``n``.
+        partition: ``"iid"`` or ``"dirichlet"`` (label skew with ``alpha``).
+        rounds: planned rounds (the accountant and ``epsilon`` solve for these).
+        lr: server Adam step (record-level distributed DP) or the clients' local rate.
+        server_lr: FedAvg server step on the mean update (other modes).
+        records_per_round: expected records sampled per round over all parties (record level:
+            the Poisson rate is this over the total number of records).
+        local_steps / batch_size: local training per round (local DP-SGD, client level, none).
+        clip: the L2 bound C (per record or per client update).
+        epsilon / noise_multiplier: give one (DP on); ``delta`` defaults to 1/N^1.1.
+        epsilon_budget: stop before a round that would spend more.
+        grid_scale: fractional bits of the integer grid the distributed noise lives on.
+
+    Raises:
+        JobError: on nonsense values (checked when built).
+    """
+
+    model: str = "minilm"
+    data: str = "vader-movie"
+    adapter: str = "lora"
+    num_clients: int = 4
+    partition: str = "dirichlet"
+    alpha: float = 0.5
+    rounds: int = 30
+    seed: int = 0
+    test_fraction: float = 0.1
+    eval_size: int = 1000
+    max_length: int = 64
+    lr: float = 0.02
+    server_lr: float = 1.0
+    records_per_round: int = 512
+    local_steps: int = 1
+    batch_size: int = 16
+    dp: DpUnitName = "record"
+    noise: NoiseName = "distributed"
+    clip: float = 1.0
+    epsilon: float | None = 8.0
+    noise_multiplier: float | None = None
+    delta: float | None = None
+    epsilon_budget: float | None = None
+    grid_scale: int = 14
+    generations: int = 3
+
+    def __post_init__(self) -> None:
+        _check_choice("adapter", self.adapter, ("lora", "prefix", "prompt", "full"))
+        _check_choice("partition", self.partition, ("iid", "dirichlet"))
+        _check_choice("dp", self.dp, ("record", "client", "none"))
+        _check_choice("noise", self.noise, ("distributed", "local"))
+        for name in ("num_clients", "rounds", "eval_size", "max_length", "records_per_round",
+                     "local_steps", "batch_size", "grid_scale"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise JobError(f"{name} must be a positive int, got {value!r}")
+        for name in ("alpha", "lr", "server_lr", "clip"):
+            value = getattr(self, name)
+            if not (isinstance(value, int | float) and math.isfinite(value) and value > 0):
+                raise JobError(f"{name} must be a positive number, got {value!r}")
+        if not 0.0 < self.test_fraction < 1.0:
+            raise JobError(f"test_fraction must be in (0, 1), got {self.test_fraction}")
+        if self.dp != "none" and (self.epsilon is None) == (self.noise_multiplier is None):
+            raise JobError("with DP on give exactly one of epsilon and noise_multiplier")
+        for name in ("epsilon", "noise_multiplier", "epsilon_budget"):
+            value = getattr(self, name)
+            if value is not None and not (math.isfinite(value) and value > 0):
+                raise JobError(f"{name} must be > 0, got {value!r}")
+        if self.delta is not None and not 0.0 < self.delta < 1.0:
+            raise JobError(f"delta must be in (0, 1), got {self.delta}")
+        if not isinstance(self.generations, int) or self.generations < 0:
+            raise JobError("generations must be an int >= 0")
+
+    @property
+    def digest(self) -> str:
+        """SHA-256 of the canonical JSON: parties compare it before round 1."""
+        return hashlib.sha256(self.to_json().encode()).hexdigest()
+
+    def to_json(self) -> str:
+        """Canonical JSON (sorted keys)."""
+        return json.dumps(asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, doc: dict[str, Any]) -> FinetuneJob:
+        """Build from a mapping with known keys only.
+
+        Raises:
+            JobError: an unknown key or a bad value.
+        """
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(doc) - known)
+        if unknown:
+            raise JobError(f"unknown job keys {unknown}; known: {sorted(known)}")
+        try:
+            return cls(**doc)
+        except TypeError as exc:
+            raise JobError(str(exc)) from None
+
+    @classmethod
+    def load(cls, path: str | Path) -> FinetuneJob:
+        """Read a job file.
+
+        Raises:
+            JobError: unreadable, not JSON, or invalid.
+        """
+        try:
+            doc = json.loads(Path(path).read_text())
+        except (OSError, ValueError) as exc:
+            raise JobError(f"cannot read job file {path}: {exc}") from None
+        if not isinstance(doc, dict):
+            raise JobError(f"job file {path} must hold a JSON object")
+        return cls.from_dict(doc)
+
+    def save(self, path: str | Path) -> None:
+        """Write the canonical JSON to ``path``."""
+        Path(path).write_text(self.to_json() + "\n")
+
+
+def _check_choice(name: str, value: object, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise JobError(f"{name} must be one of {allowed}, got {value!r}")

@@ -1,0 +1,117 @@
+"""What every party of a job builds the same way: the model, the hold-out split, the partition.
+
+Data sets load offline (packaged real data or a user CSV/JSONL); the hold-out split is
+stratified and seeded by the job, so the server's evaluation set is disjoint from every
+client's training part. Client ``i`` (ids ``1..num_clients``) trains on part ``i - 1`` of a
+seeded IID or Dirichlet(alpha) label-skewed split of the rest.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+
+from fl_core.finetune.job import FinetuneJob, JobError
+from models import (
+    PACKAGED_DATASETS,
+    AdaptedModel,
+    AdapterConfig,
+    ClassificationData,
+    Dataset,
+    build_model,
+    load_file,
+    load_packaged,
+    train_test_split,
+)
+from models.errors import DataFormatError
+from models.loading import TaskKind
+from models.partition import dirichlet_partition, iid_partition
+
+__all__ = ["JobData", "adapter_config", "build_job_model", "load_job_data", "task_kind"]
+
+
+@dataclass(frozen=True)
+class JobData:
+    """The split every party derives: train/test and each client's indices into train."""
+
+    train: Dataset
+    test: Dataset
+    parts: tuple[npt.NDArray[np.int64], ...]
+
+    def client(self, client_id: int) -> Dataset:
+        """Client ``client_id``'s private training part.
+
+        Raises:
+            JobError: no such client in this job.
+        """
+        if not 1 <= client_id <= len(self.parts):
+            raise JobError(f"client id {client_id} is not in 1..{len(self.parts)}")
+        return self.train.subset(self.parts[client_id - 1])
+
+    @property
+    def sizes(self) -> tuple[int, ...]:
+        """Records per client."""
+        return tuple(len(p) for p in self.parts)
+
+
+def task_kind(data: Dataset) -> TaskKind:
+    """Classification for labelled text, causal LM for prompt/response pairs."""
+    return TaskKind.CLASSIFICATION if isinstance(data, ClassificationData) else TaskKind.CAUSAL_LM
+
+
+def _load(name: str) -> Dataset:
+    if name in PACKAGED_DATASETS:
+        return load_packaged(name)
+    if not Path(name).exists():
+        raise JobError(f"--data {name!r} is neither a packaged set {sorted(PACKAGED_DATASETS)} "
+                       "nor an existing file")
+    try:
+        return load_file(name, task=TaskKind.CLASSIFICATION)
+    except DataFormatError:
+        return load_file(name, task=TaskKind.CAUSAL_LM)  # prompt,response columns
+
+
+def load_job_data(job: FinetuneJob) -> JobData:
+    """Load, split and partition the job's data (deterministic in ``job.seed``).
+
+    Raises:
+        JobError: unknown data set or missing file.
+        DataFormatError, PartitionError: malformed data, or too few examples to split.
+    """
+    data = _load(job.data)
+    train, test = train_test_split(data, test_fraction=job.test_fraction, seed=job.seed)
+    if job.partition == "iid" or task_kind(data) is TaskKind.CAUSAL_LM:
+        parts = iid_partition(len(train), num_clients=job.num_clients, seed=job.seed)
+    else:
+        parts = dirichlet_partition(train.labels, num_clients=job.num_clients,
+                                    alpha=job.alpha, seed=job.seed)
+    if len(test) > job.eval_size:  # a fixed, seeded, stratification-free subsample
+        keep = np.sort(np.random.default_rng(job.seed + 1).permutation(len(test))[:job.eval_size])
+        test = test.subset(keep)
+    return JobData(train, test, tuple(np.asarray(p, dtype=np.int64) for p in parts))
+
+
+def adapter_config(job: FinetuneJob) -> AdapterConfig:
+    """The job's adapter (library defaults for rank and virtual tokens)."""
+    if job.adapter == "lora":
+        return AdapterConfig.lora()
+    if job.adapter == "prefix":
+        return AdapterConfig.prefix()
+    if job.adapter == "prompt":
+        return AdapterConfig.prompt()
+    return AdapterConfig.full()
+
+
+def build_job_model(job: FinetuneJob, data: JobData) -> AdaptedModel:
+    """The pretrained model with the job's adapter, initialised identically by every party.
+
+    Raises:
+        AssetNotFoundError, UnsupportedModelError: see :func:`models.build_model`.
+    """
+    kind = task_kind(data.train)
+    return build_model(job.model, task=kind, adapter=adapter_config(job), init_seed=job.seed,
+                       num_labels=data.train.num_labels if kind is TaskKind.CLASSIFICATION
+                       else None)

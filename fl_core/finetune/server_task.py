@@ -1,0 +1,154 @@
+"""The fine-tuning job's server side: global adapter weights, the DP step, the accountant.
+
+The server sees only the secure sum of the survivors' (noised) contributions. Record level,
+distributed noise: the sum is ``(sum of clipped per-example gradients) / C + noise`` on the
+fixed-point grid; the server rescales it to the noised mean gradient ``C * sum / (q N)`` (``q
+N`` is the expected batch, a public constant, as in DP-SGD with Poisson sampling) and takes an
+Adam step, which is post-processing. Other modes carry updates: FedAvg with ``server_lr`` on
+their mean (client level: over the cohort size ``n``, a public constant, times ``C``).
+
+The server also holds the public hold-out set and the same pretrained model, and evaluates
+the global weights before round 1 and at the end.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from fl_core.dp import Placement, PrivacyAccountant, Unit
+from fl_core.driver import RoundOutcome
+from fl_core.finetune.job import FinetuneJob
+from fl_core.finetune.party import JobData
+from fl_core.finetune.privacy import ResolvedDp
+from models import AdaptedModel, evaluate
+
+__all__ = ["FinetuneServerTask"]
+
+log = logging.getLogger("fl_core.finetune")
+
+Vector = npt.NDArray[np.float64]
+_BETA1, _BETA2, _EPS = 0.9, 0.999, 1e-8
+
+
+class FinetuneServerTask:
+    """:class:`~fl_core.tasks.ServerTask` of a fine-tuning job."""
+
+    def __init__(self, job: FinetuneJob, model: AdaptedModel, data: JobData, dp: ResolvedDp,
+                 *, cohort: int, on_eval: Callable[[dict[str, Any]], None] | None = None,
+                 ) -> None:
+        self.job, self.model, self.data, self.dp = job, model, data, dp
+        self.on_eval = on_eval
+        self.cohort = cohort
+        self.accountant: PrivacyAccountant | None = dp.accountant()
+        self.dim = model.num_trainable
+        self.initial_vector = model.get_vector().astype(np.float64)  # before any set_vector
+        self._m = np.zeros(self.dim)
+        self._v = np.zeros(self.dim)
+        self._t = 0
+        self.evals: list[dict[str, Any]] = []
+        self.expected_batch = dp.accountant_rate * sum(data.sizes)
+
+    # -- ServerTask ----------------------------------------------------------------------
+
+    def initial_state(self, dim: int) -> Vector:
+        """The model's initial adapter weights (every party initialises them alike), evaluated
+        on the hold-out set (the "before" of the summary)."""
+        state = self.initial_vector.copy()
+        self.evaluate(state, 0)
+        return state
+
+    def apply(self, state: Vector, out: RoundOutcome) -> Vector | None:
+        """One step from the round's sum (None when the round aborted)."""
+        if out.aggregate is None:
+            return None
+        total = out.aggregate
+        if not np.all(np.isfinite(total)):
+            log.error("round %d: non-finite aggregate refused", out.round_id)
+            return None
+        cfg = self.dp.config
+        if cfg is not None and cfg.unit is Unit.RECORD and cfg.placement is Placement.DISTRIBUTED:
+            grad = total * (self.job.clip / self.expected_batch)
+            return state - self._adam(grad)
+        if cfg is not None and cfg.unit is Unit.CLIENT:
+            mean = total * (self.job.clip / self.cohort)
+        else:
+            mean = total / max(out.weight_total, 1.0)
+        return state + self.job.server_lr * mean
+
+    def report(self, out: RoundOutcome) -> dict[str, Any]:
+        """Epsilon spent so far (the accountant steps on every applied round)."""
+        doc: dict[str, Any] = {}
+        if out.ok and self.accountant is not None:
+            self.accountant.step(self.dp.steps_per_round)
+        if self.accountant is not None:
+            doc["epsilon"] = round(self.accountant.epsilon(), 4)
+            doc["delta"] = self.dp.delta
+        return doc
+
+    def stop_reason(self) -> str | None:
+        """Stop when one more round would spend more than ``epsilon_budget``."""
+        budget = self.job.epsilon_budget
+        if budget is None or self.accountant is None:
+            return None
+        if self.accountant.epsilon(self.accountant.steps + self.dp.steps_per_round) > budget:
+            return (f"privacy budget: one more round would exceed epsilon {budget} "
+                    f"(spent {self.accountant.epsilon():.3f})")
+        return None
+
+    def state_dict(self) -> tuple[dict[str, Any], dict[str, Vector]]:
+        """Accountant and Adam state."""
+        doc: dict[str, Any] = {"task": "finetune", "job": self.job.digest, "adam_t": self._t,
+                               "evals": self.evals}
+        if self.accountant is not None:
+            doc["accountant"] = self.accountant.state_dict()
+        return doc, {"adam_m": self._m, "adam_v": self._v}
+
+    def load_state_dict(self, doc: dict[str, Any] | None, arrays: dict[str, Vector]) -> None:
+        """Restore from a checkpoint of the same job.
+
+        Raises:
+            ValueError: the checkpoint is of another job or task.
+        """
+        if doc is None:
+            return
+        if doc.get("task") != "finetune" or doc.get("job") != self.job.digest:
+            raise ValueError("the checkpoint belongs to another job (job digest differs)")
+        self._t = int(doc["adam_t"])
+        self.evals = list(doc.get("evals", []))
+        self._m, self._v = arrays["adam_m"].copy(), arrays["adam_v"].copy()
+        if self.accountant is not None and "accountant" in doc:
+            self.accountant.load_state_dict(doc["accountant"])
+
+    # -- helpers -------------------------------------------------------------------------
+
+    def _adam(self, grad: Vector) -> Vector:
+        self._t += 1
+        self._m = _BETA1 * self._m + (1 - _BETA1) * grad
+        self._v = _BETA2 * self._v + (1 - _BETA2) * grad * grad
+        m_hat = self._m / (1 - _BETA1 ** self._t)
+        v_hat = self._v / (1 - _BETA2 ** self._t)
+        step: Vector = self.job.lr * m_hat / (np.sqrt(v_hat) + _EPS)
+        return step
+
+    def evaluate(self, state: Vector, step: int) -> dict[str, Any]:
+        """Metrics of ``state`` on the hold-out set, recorded with ``step``."""
+        start = time.perf_counter()
+        self.model.set_vector(state)
+        res = evaluate(self.model, self.data.test, max_length=self.job.max_length)
+        doc: dict[str, Any] = {"step": step, "examples": res.examples,
+                               "loss": round(res.loss, 5),
+                               "seconds": round(time.perf_counter() - start, 2)}
+        for name in ("accuracy", "macro_f1", "perplexity"):
+            value = getattr(res, name, None)
+            if value is not None:
+                doc[name] = round(float(value), 5)
+        self.evals.append(doc)
+        if self.on_eval is not None:
+            self.on_eval(doc)
+        return doc

@@ -1,0 +1,135 @@
+"""The job description, its flags, and the DP resolution every party computes alike."""
+
+from __future__ import annotations
+
+import argparse
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from fl_core.checkpoint import Checkpoint
+from fl_core.dp import Placement, Unit
+from fl_core.finetune.cli_args import add_job_args, job_from_args
+from fl_core.finetune.job import FinetuneJob, JobError
+from fl_core.finetune.privacy import resolve_dp
+from fl_core.finetune.report import time_split
+from protocols.config import SecAggConfig
+
+SIZES = (2400, 2300, 2500, 2300)
+DIM = 74_498
+
+
+@pytest.mark.parametrize("bad", [
+    {"adapter": "lorax"}, {"dp": "both"}, {"noise": "central"}, {"rounds": 0},
+    {"clip": -1.0}, {"lr": float("nan")}, {"epsilon": 1.0, "noise_multiplier": 1.0},
+    {"dp": "record", "epsilon": None}, {"delta": 1.5}, {"test_fraction": 1.0},
+])
+def test_job_rejects_nonsense(bad: dict[str, object]) -> None:
+    with pytest.raises(JobError):
+        FinetuneJob(**bad)  # type: ignore[arg-type]
+
+
+def test_job_json_round_trip_and_digest(tmp_path: Path) -> None:
+    job = FinetuneJob(rounds=7, dp="client", noise="local", epsilon=None, noise_multiplier=1.3)
+    job.save(tmp_path / "job.json")
+    back = FinetuneJob.load(tmp_path / "job.json")
+    assert back == job and back.digest == job.digest
+    assert FinetuneJob(rounds=8).digest != FinetuneJob(rounds=7).digest
+    with pytest.raises(JobError, match="unknown job keys"):
+        FinetuneJob.from_dict({"rounds": 3, "epochs": 2})
+    (tmp_path / "bad.json").write_text("[1, 2]")
+    with pytest.raises(JobError):
+        FinetuneJob.load(tmp_path / "bad.json")
+
+
+def test_flags_override_the_job_file(tmp_path: Path) -> None:
+    FinetuneJob(rounds=9, data="trec").save(tmp_path / "job.json")
+    p = argparse.ArgumentParser()
+    p.add_argument("--rounds", type=int)
+    add_job_args(p)
+    ns = p.parse_args(["--job", str(tmp_path / "job.json"), "--clients", "6",
+                       "--noise-multiplier", "1.1"])
+    job = job_from_args(ns, rounds=None)
+    assert (job.data, job.rounds, job.num_clients) == ("trec", 9, 6)
+    assert job.noise_multiplier == 1.1 and job.epsilon is None  # sigma given: no eps target
+    assert job_from_args(ns, rounds=4).rounds == 4
+
+
+def test_record_distributed_reaches_the_target_epsilon_and_fits_the_ring() -> None:
+    job = FinetuneJob(rounds=30, epsilon=4.0, records_per_round=256)
+    dp = resolve_dp(job, dim=DIM, sizes=SIZES, cohort=4, threshold=3)
+    assert dp.config is not None
+    assert dp.config.unit is Unit.RECORD and dp.config.placement is Placement.DISTRIBUTED
+    assert dp.accountant_rate == pytest.approx(256 / sum(SIZES))
+    acc = dp.accountant()
+    assert acc is not None
+    acc.step(30)
+    assert 0.97 * 4.0 <= acc.epsilon() <= 4.0 * (1 + 1e-6)
+    # the shares carry a bit more than the effective multiplier (rounding of the sum)
+    assert dp.config.noise_multiplier > dp.accountant_multiplier
+    assert dp.delta == pytest.approx(1 / sum(SIZES) ** 1.1)
+    # range: a party's batch of clipped gradients plus 10 share deviations, within 32 bits
+    expected_batch = 2500 * dp.accountant_rate
+    assert dp.protocol_clip > expected_batch + 10 * dp.config.noise_multiplier / math.sqrt(3)
+    cfg = SecAggConfig(protocol="secagg+", n=4, clip=dp.protocol_clip,
+                       scale=dp.protocol_scale, threshold=3)
+    assert cfg.bits <= 32 and dp.clamp_probability < 1e-10
+
+
+def test_local_noise_accounts_every_local_step() -> None:
+    job = FinetuneJob(rounds=10, noise="local", local_steps=3, epsilon=2.0)
+    dp = resolve_dp(job, dim=DIM, sizes=SIZES, cohort=4, threshold=3)
+    assert dp.config is not None and dp.config.threshold == 1 and dp.steps_per_round == 3
+    acc = dp.accountant()
+    assert acc is not None
+    acc.step(10 * 3)
+    assert acc.epsilon() == pytest.approx(2.0, rel=0.03)
+    # the same epsilon with distributed noise needs the same multiplier in the sum, but each
+    # party's share is sqrt(t) smaller: the mean of n=4 local noises is sqrt(4) noisier
+    dist = resolve_dp(FinetuneJob(rounds=30, epsilon=2.0), dim=DIM, sizes=SIZES, cohort=4,
+                      threshold=3)
+    assert dist.config is not None and dist.config.share_std() < dist.config.noise_multiplier
+
+
+def test_client_level_with_few_parties_warns_and_none_turns_dp_off() -> None:
+    dp = resolve_dp(FinetuneJob(dp="client", rounds=20), dim=DIM, sizes=SIZES, cohort=4,
+                    threshold=3)
+    assert dp.warning and dp.accountant_rate == 1.0
+    off = resolve_dp(FinetuneJob(dp="none", epsilon=None), dim=DIM, sizes=SIZES, cohort=4,
+                     threshold=3)
+    assert off.config is None and off.accountant() is None
+
+
+def test_unreachable_target_is_a_clear_error() -> None:
+    with pytest.raises(ValueError):
+        # dp-accounting's RDP orders leave an epsilon floor (about 0.22 at delta 1e-100)
+        resolve_dp(FinetuneJob(rounds=30, epsilon=0.1, delta=1e-100), dim=DIM, sizes=SIZES,
+                   cohort=4, threshold=3)
+
+
+def test_checkpoint_keeps_task_arrays_and_reads_version_1() -> None:
+    ckpt = Checkpoint(3, 4, 3, np.arange(5.0), (1, 2), accountant={"task": "x"},
+                      extra={"adam_m": np.ones(5), "adam_v": np.full(5, 2.0)})
+    back = Checkpoint.from_bytes(ckpt.to_bytes())
+    assert back.accountant == {"task": "x"} and back.step == 3
+    assert np.array_equal(back.state, ckpt.state)
+    assert np.array_equal(back.extra["adam_v"], np.full(5, 2.0))
+    with pytest.raises(ValueError):
+        Checkpoint.from_bytes(ckpt.to_bytes()[:-8])  # torn: an extra array is short
+    plain = Checkpoint(1, 1, 1, np.zeros(3))
+    assert Checkpoint.from_bytes(plain.to_bytes()).extra == {}
+
+
+def test_time_split_from_client_stats(tmp_path: Path) -> None:
+    summary = {"per_round": [{"round": 1, "ok": True, "seconds": 4.0},
+                             {"round": 2, "ok": False, "seconds": 9.0},
+                             {"round": 3, "ok": True, "seconds": 6.0}]}
+    for cid, (t, p) in enumerate([(2.0, 0.2), (3.0, 0.4)], start=1):
+        lines = [f'{{"round": {r}, "train_s": {t}}}\n{{"round": {r}, "protocol_s": {p}}}'
+                 for r in (1, 3)]
+        (tmp_path / f"c{cid}").write_text("\n".join(lines) + "\nnot json\n")
+    split = time_split(summary, [tmp_path / "c1", tmp_path / "c2", tmp_path / "missing"])
+    assert split["round_s"] == 5.0 and split["training_s"] == 2.5
+    assert split["protocol_s"] == pytest.approx(0.3) and split["other_s"] == pytest.approx(2.2)
