@@ -78,10 +78,10 @@ def prepare(job: FinetuneJob, *, protocol: str, n: int, active: bool) -> Prepare
 
 def _quiet_transformers() -> None:
     """No per-process load reports or progress bars (the fresh head is expected)."""
-    import transformers
+    from transformers.utils import logging as hf_logging
 
-    transformers.logging.set_verbosity_error()
-    transformers.logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()  # type: ignore[no-untyped-call]
+    hf_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
 
 
 def final_summary(prep: Prepared, ckpt: Checkpoint, evals: list[dict[str, Any]],
