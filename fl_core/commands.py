@@ -154,7 +154,8 @@ def serve_main(ns: argparse.Namespace, *, progress_stream: Any = None) -> int:
         json_path=Path(ns.json_path) if ns.json_path and prep is None else None,
         driver=DriverSettings(deadline_s=ns.deadline, stage_deadlines=dict(ns.stage_deadline),
                               join_timeout_s=ns.join_timeout,
-                              min_clients=getattr(ns, "min_clients", None)),
+                              min_clients=getattr(ns, "min_clients", None),
+                              state_float32=prep is not None),
         broadcast_state=getattr(ns, "state_broadcast", True) or prep is not None,
         crash_after=ns.crash_after)
     task = None

@@ -74,6 +74,9 @@ class DriverSettings:
     join_timeout_s: float = 30.0
     min_clients: int | None = None
     refill_wait_s: float = 3.0
+    state_float32: bool = False
+    """Broadcast the global state as float32 (half the bytes): for models trained in float32,
+    whose clients cast it to float32 anyway."""
 
     def deadline(self, stage: ServerStage) -> float:
         """The deadline of ``stage`` in seconds."""
@@ -283,6 +286,7 @@ class RoundDriver:
                            first_stage=stage_number(server.stage), config=args,
                            dim=dim, clients=out.sampled, verify_keys=vks,
                            state=state if self.broadcast_state else None,
+                           state_float32=self.settings.state_float32,
                            ckks_fingerprint=ctx.ckks_fingerprint if self.config.is_ckks
                            else None)
         self._broadcast(out, start.encode())

@@ -80,6 +80,7 @@ class RoundStart:
     verify_keys: dict[int, bytes] | None
     state: npt.NDArray[np.float64] | None = field(repr=False)
     ckks_fingerprint: bytes | None = None
+    state_float32: bool = False  # the state travels as float32 (read back as float64)
 
     def context(self) -> RoundContext:
         """The round's context (validated by the protocol layer).
@@ -94,7 +95,7 @@ class RoundStart:
                             ckks_fingerprint=self.ckks_fingerprint)
 
     def encode(self) -> bytes:
-        """``u32 length | JSON header | float64 state``."""
+        """``u32 length | JSON header | state`` (float64, or float32 when ``state_float32``)."""
         head = json.dumps({
             "type": "start", "round": self.round_id, "step": self.step,
             "first_stage": self.first_stage, "config": self.config, "dim": self.dim,
@@ -102,12 +103,13 @@ class RoundStart:
             "verify_keys": None if self.verify_keys is None else {
                 str(c): k.hex() for c, k in self.verify_keys.items()},
             "state": self.state is not None,
+            "state_dtype": "<f4" if self.state_float32 else "<f8",
             "ckks_fingerprint": None if self.ckks_fingerprint is None
             else self.ckks_fingerprint.hex(),
         }).encode()
         if self.state is None:
             return _LEN.pack(len(head)) + head
-        state = np.ascontiguousarray(self.state, dtype="<f8")
+        state = np.ascontiguousarray(self.state, dtype="<f4" if self.state_float32 else "<f8")
         return _LEN.pack(len(head)) + head + state.tobytes()
 
 
@@ -143,8 +145,12 @@ def parse_control(data: bytes | memoryview) -> tuple[dict[str, Any], RoundStart 
 def _round_start(head: Mapping[str, Any], rest: memoryview) -> RoundStart:
     dim = int(head["dim"])
     has_state = bool(head.get("state", True))
-    if rest.nbytes != (8 * dim if has_state else 0):
-        raise ValueError(f"state is {rest.nbytes} bytes, dim {dim} needs {8 * dim}")
+    dtype = head.get("state_dtype", "<f8")
+    if dtype not in ("<f8", "<f4"):
+        raise ValueError(f"unknown state dtype {dtype!r}")
+    width = 8 if dtype == "<f8" else 4
+    if rest.nbytes != (width * dim if has_state else 0):
+        raise ValueError(f"state is {rest.nbytes} bytes, dim {dim} needs {width * dim}")
     vks = head["verify_keys"]
     config = head["config"]
     if not isinstance(config, dict):
@@ -155,8 +161,9 @@ def _round_start(head: Mapping[str, Any], rest: memoryview) -> RoundStart:
         first_stage=int(head["first_stage"]), config=dict(config), dim=dim,
         clients=tuple(int(c) for c in head["clients"]),
         verify_keys=None if vks is None else {int(c): bytes.fromhex(k) for c, k in vks.items()},
-        state=np.frombuffer(rest, dtype="<f8").astype(np.float64) if has_state else None,
-        ckks_fingerprint=None if fp is None else bytes.fromhex(str(fp)))
+        state=np.frombuffer(rest, dtype=dtype).astype(np.float64) if has_state else None,
+        ckks_fingerprint=None if fp is None else bytes.fromhex(str(fp)),
+        state_float32=dtype == "<f4")
 
 
 def synthetic_update(client_id: int, round_id: int, dim: int,

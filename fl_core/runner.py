@@ -23,6 +23,14 @@ from pathlib import Path
 from typing import IO, Any
 
 from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    SpinnerColumn,
+    TextColumn,
+    TimeElapsedColumn,
+)
 from rich.table import Table
 
 __all__ = ["run_main"]
@@ -114,7 +122,10 @@ def _follow(server: subprocess.Popen[str], ns: argparse.Namespace, console: Cons
     rows: list[dict[str, Any]] = []
     out: IO[str] | None = server.stdout
     assert out is not None
-    with console.status("starting server (loading the model and data)") as status:
+    columns = (SpinnerColumn(), TextColumn("{task.description}"), BarColumn(),
+               MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*columns, console=console, transient=False) as bar:
+        task = bar.add_task("starting the server (loading model and data)", total=ns.rounds)
         for line in out:
             try:
                 ev = json.loads(line)
@@ -125,9 +136,9 @@ def _follow(server: subprocess.Popen[str], ns: argparse.Namespace, console: Cons
                 endpoint = ev["endpoint"]
                 clients = [subprocess.Popen(_client_cmd(ns, endpoint, cid), env=_client_env(ns))
                            for cid in range(1, ns.population + 1)]
-                status.update(f"server on {endpoint}, {ns.population} clients starting")
+                bar.update(task, description=f"{ns.population} clients starting")
             elif kind == "stage":
-                status.update(f"round {ev['round']}: {ev['stage']}")
+                bar.update(task, description=f"round {ev['round']}: {ev['stage']}")
             elif kind == "eval":
                 metric = "accuracy" if "accuracy" in ev else "perplexity"
                 console.print(f"evaluation after {ev['step']} rounds: {metric} "
@@ -137,7 +148,9 @@ def _follow(server: subprocess.Popen[str], ns: argparse.Namespace, console: Cons
             elif kind == "summary":
                 rows.append(ev)
                 console.print(_describe(ev))
-                status.update(f"round {ev['round']} done")
+                bar.update(task, advance=1 if ev["ok"] else 0,
+                           description=f"round {ev['round']} done" + (
+                               f", epsilon {ev['epsilon']:.2f}" if "epsilon" in ev else ""))
             elif kind == "done":
                 break
     console.print(_table(rows))

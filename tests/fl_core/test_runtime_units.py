@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -93,3 +94,17 @@ def test_round_start_without_state_carries_the_ckks_fingerprint() -> None:
     assert head["state"] is False and back is not None
     assert back.state is None and back.ckks_fingerprint == bytes(range(32))
     assert back.context().ckks_fingerprint == bytes(range(32))
+
+
+def test_round_start_state_as_float32_halves_the_bytes() -> None:
+    state = np.linspace(-1, 1, 100)
+    kw: dict[str, Any] = dict(round_id=2, step=1, first_stage=1, config={"protocol": "plain",
+                              "n": 2}, dim=100, clients=(1, 2), verify_keys=None)
+    wide = RoundStart(**kw, state=state).encode()
+    narrow = RoundStart(**kw, state=state, state_float32=True).encode()
+    assert len(wide) - len(narrow) >= 400 - 20
+    _, back = parse_control(narrow)
+    assert back is not None and back.state_float32 and back.state is not None
+    assert np.array_equal(back.state, state.astype(np.float32).astype(np.float64))
+    with pytest.raises(EnvelopeError):
+        parse_control(narrow[:-4])
