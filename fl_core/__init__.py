@@ -1,12 +1,188 @@
 """The runtime layer: everything with a socket, a clock or a file.
 
-So far: :mod:`fl_core.envelope` (the transport envelope), :mod:`fl_core.keys` and
-:mod:`fl_core.keyfiles` (Curve keys bound to client identities, key files),
-:mod:`fl_core.transport` (ZeroMQ ROUTER/DEALER with CurveZMQ and a ZAP allowlist) and
-:mod:`fl_core.cli` (the ``secagg`` console script: ``keygen``, ``bench``, ``serve``,
-``client``, ``run``). The runtime: :mod:`fl_core.rounds` (stage numbers, control messages),
-:mod:`fl_core.driver` (deadlines -> dropouts, client sampling), :mod:`fl_core.server_app`
-and :mod:`fl_core.client_app` (the loops), :mod:`fl_core.checkpoint` (atomic checkpoints,
-resume), :mod:`fl_core.commands` and :mod:`fl_core.runner` (the subcommands). Nothing is
-imported eagerly here.
+One import surface, loaded lazily: ``import fl_core`` imports nothing heavy, and each name
+below imports its submodule (and with it ZeroMQ, or dp-accounting) on first use only.
+
+- Transport: :class:`ServerTransport` (a ROUTER, CurveZMQ with a ZAP allowlist unless
+  ``insecure=True``), :class:`ClientTransport` (a DEALER), :class:`TransportLimits`
+  (:func:`limits_for` gives generous ones for ``n`` clients and ``dim`` values),
+  :class:`SocketOptions`.
+- Keys: :class:`CurveKeyPair` (the server), :class:`ClientKeys` (a client's Curve key pair and
+  Ed25519 identity, bound by a signed card), :class:`Allowlist` (the server's verified cards).
+  Key files on disk: :mod:`fl_core.keyfiles` (``secagg keygen`` writes them).
+- Loops: :func:`serve` with :class:`ServerSettings` and :class:`DriverSettings` (deadlines ->
+  dropouts), a :class:`ServerTask` (default :class:`FedAvgTask`) that applies each
+  :class:`RoundOutcome`; :func:`run_client` with :class:`ClientSettings` and an ``update``
+  callable ``(round_id, global_state) -> vector`` (default :func:`synthetic_update`).
+- Checkpoints: :class:`Checkpoint`, :func:`resume`, :class:`CheckpointError`.
+- Differential privacy (also :mod:`fl_core.dp`): :class:`DpConfig`, :class:`NoiseSource`,
+  :func:`clip_l2`, :func:`add_local_noise`, :func:`add_distributed_noise`,
+  :class:`PrivacyAccountant`, :func:`calibrate_noise_multiplier`.
+- The fine-tuning job: :class:`FinetuneJob` (:mod:`fl_core.finetune`); the command line:
+  :func:`main` (the ``secagg`` console script). Flower: :mod:`fl_core.flower` (optional extra).
+- Errors: :class:`FlCoreError` and :class:`TransportError` (both under
+  :class:`secagg.errors.SecAggError`), :class:`DpConfigError`.
+
+A server and three clients over real loopback ZeroMQ sockets, clients in threads. This one
+runs with ``insecure=True`` (CurveZMQ off, passive protocol): for the example and tests only;
+docs/api.md runs the same federation with Curve keys and active mode.
+
+>>> import tempfile, threading
+>>> from pathlib import Path
+>>> import numpy as np
+>>> import fl_core
+>>> limits = fl_core.limits_for(3, 4)                       # n = 3 clients, dim = 4
+>>> server = fl_core.ServerTransport("tcp://127.0.0.1:*", limits=limits, insecure=True)
+>>> settings = fl_core.ServerSettings(
+...     config_args={"protocol": "secagg+", "n": 3, "active": False}, dim=4, rounds=1,
+...     checkpoint=Path(tempfile.mkdtemp()) / "ck.json",
+...     driver=fl_core.DriverSettings(join_timeout_s=20.0))
+>>> def client(cid: int) -> None:                           # sends cid / 10 everywhere
+...     with fl_core.ClientTransport(server.endpoint, client_id=cid, limits=limits,
+...                                  insecure=True) as t:
+...         fl_core.run_client(t, update=lambda round_id, state: np.full(4, cid / 10),
+...                            settings=fl_core.ClientSettings(idle_timeout_s=20.0))
+>>> threads = [threading.Thread(target=client, args=(c,)) for c in (1, 2, 3)]
+>>> for th in threads:
+...     th.start()
+>>> with server:
+...     ckpt = fl_core.serve(server, settings)
+>>> for th in threads:
+...     th.join()
+>>> ckpt.step, np.round(ckpt.state, 4).tolist()           # state += mean of 0.1, 0.2, 0.3
+(1, [0.2, 0.2, 0.2, 0.2])
+
+Plug in DP and an accountant: solve sigma for a target epsilon, give each party a clipped,
+noised share, and account the rounds (every draw comes from the CSPRNG :class:`NoiseSource`):
+
+>>> sigma = fl_core.calibrate_noise_multiplier(target_epsilon=4.0, delta=1e-5,
+...                                            sample_rate=0.1, steps=20)
+>>> cfg = fl_core.DpConfig(unit="client", placement="distributed", clip=1.0,
+...                        noise_multiplier=sigma, delta=1e-5, sample_rate=0.1, threshold=3)
+>>> x, norm = fl_core.clip_l2(np.full(16, 0.5), cfg.clip)   # norm 2.0 -> scaled to 1.0
+>>> share = fl_core.add_distributed_noise(x, cfg, fl_core.NoiseSource())
+>>> round(norm, 3), share.shape, bool(np.all(share * 2**14 == np.round(share * 2**14)))
+(2.0, (16,), True)
+>>> acc = fl_core.PrivacyAccountant(noise_multiplier=sigma, sample_rate=0.1, delta=1e-5)
+>>> acc.step(20)
+>>> round(acc.epsilon(), 2)
+4.0
 """
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from fl_core.checkpoint import Checkpoint, CheckpointError, resume
+    from fl_core.cli import main
+    from fl_core.client_app import ClientSettings, run_client
+    from fl_core.dp import (
+        DpConfig,
+        DpConfigError,
+        NoiseSource,
+        PrivacyAccountant,
+        add_distributed_noise,
+        add_local_noise,
+        calibrate_noise_multiplier,
+        clip_l2,
+    )
+    from fl_core.driver import DriverSettings, RoundOutcome
+    from fl_core.errors import FlCoreError, TransportError
+    from fl_core.finetune.job import FinetuneJob
+    from fl_core.keys import Allowlist, ClientKeys, CurveKeyPair
+    from fl_core.rounds import limits_for, synthetic_update
+    from fl_core.server_app import ServerSettings, serve
+    from fl_core.tasks import FedAvgTask, ServerTask
+    from fl_core.transport import ClientTransport, ServerTransport, SocketOptions, TransportLimits
+
+# name -> submodule that defines it (imported on first attribute access).
+_LAZY: dict[str, str] = {
+    "Allowlist": "fl_core.keys",
+    "Checkpoint": "fl_core.checkpoint",
+    "CheckpointError": "fl_core.checkpoint",
+    "ClientKeys": "fl_core.keys",
+    "ClientSettings": "fl_core.client_app",
+    "ClientTransport": "fl_core.transport",
+    "CurveKeyPair": "fl_core.keys",
+    "DpConfig": "fl_core.dp",
+    "DpConfigError": "fl_core.dp",
+    "DriverSettings": "fl_core.driver",
+    "FedAvgTask": "fl_core.tasks",
+    "FinetuneJob": "fl_core.finetune.job",
+    "FlCoreError": "fl_core.errors",
+    "NoiseSource": "fl_core.dp",
+    "PrivacyAccountant": "fl_core.dp",
+    "RoundOutcome": "fl_core.driver",
+    "ServerSettings": "fl_core.server_app",
+    "ServerTask": "fl_core.tasks",
+    "ServerTransport": "fl_core.transport",
+    "SocketOptions": "fl_core.transport",
+    "TransportError": "fl_core.errors",
+    "TransportLimits": "fl_core.transport",
+    "add_distributed_noise": "fl_core.dp",
+    "add_local_noise": "fl_core.dp",
+    "calibrate_noise_multiplier": "fl_core.dp",
+    "clip_l2": "fl_core.dp",
+    "limits_for": "fl_core.rounds",
+    "main": "fl_core.cli",
+    "resume": "fl_core.checkpoint",
+    "run_client": "fl_core.client_app",
+    "serve": "fl_core.server_app",
+    "synthetic_update": "fl_core.rounds",
+}
+
+__all__ = [
+    "Allowlist",
+    "Checkpoint",
+    "CheckpointError",
+    "ClientKeys",
+    "ClientSettings",
+    "ClientTransport",
+    "CurveKeyPair",
+    "DpConfig",
+    "DpConfigError",
+    "DriverSettings",
+    "FedAvgTask",
+    "FinetuneJob",
+    "FlCoreError",
+    "NoiseSource",
+    "PrivacyAccountant",
+    "RoundOutcome",
+    "ServerSettings",
+    "ServerTask",
+    "ServerTransport",
+    "SocketOptions",
+    "TransportError",
+    "TransportLimits",
+    "add_distributed_noise",
+    "add_local_noise",
+    "calibrate_noise_multiplier",
+    "clip_l2",
+    "limits_for",
+    "main",
+    "resume",
+    "run_client",
+    "serve",
+    "synthetic_update",
+]
+
+
+def __getattr__(name: str) -> Any:
+    """Import the submodule that defines ``name`` on first use (PEP 562).
+
+    Raises:
+        AttributeError: ``name`` is neither a public name nor a submodule.
+    """
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'fl_core' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    """Public names and what is already loaded."""
+    return sorted(set(globals()) | set(__all__))

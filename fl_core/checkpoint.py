@@ -75,15 +75,8 @@ class Checkpoint:
               summary: dict[str, Any]) -> Checkpoint:
         """Add ``aggregate`` to the state once per round id (a second apply of the same or an
         older id changes nothing); an aborted round (None) only records its summary."""
-        if round_id <= self.applied_round_id:
-            return self
-        history = (*self.history, summary)
-        if aggregate is None:
-            return replace(self, last_round_id=max(self.last_round_id, round_id),
-                           history=history)
-        return replace(self, step=self.step + 1, last_round_id=max(self.last_round_id, round_id),
-                       applied_round_id=round_id, state=self.state + aggregate,
-                       history=history)
+        return self.advance(round_id, None if aggregate is None else self.state + aggregate,
+                            summary)
 
     def advance(self, round_id: int, state: npt.NDArray[np.float64] | None,
                 summary: dict[str, Any], *, task_state: dict[str, Any] | None = None,

@@ -1,14 +1,45 @@
 """Fine-tuning stack: real pretrained models offline, adapters, ParamSpec, data, local training.
 
-Typical use by a client::
+- Models: :func:`build_model` (``"minilm"``, ``"smollm2"``, a local Hugging Face folder or a
+  GGUF file; :data:`MODEL_ALIASES`) returns an :class:`AdaptedModel` whose trainable weights
+  move as one float32 vector (:meth:`AdaptedModel.get_vector`, :meth:`AdaptedModel.set_vector`,
+  :meth:`AdaptedModel.apply_update`) in the order of its :class:`ParamSpec`.
+- Adapters: :class:`AdapterConfig` (``lora()``, ``prefix()``, ``prompt()``, ``full()``), one
+  :class:`AdapterCodec` per :class:`AdapterKind` (:func:`get_codec`, the registry
+  :data:`CODECS`); weights load strictly.
+- ``ParamSpec``: sorted names, shapes, dtypes and a SHA-256 ``digest`` that every party
+  compares before round 1 (:meth:`ParamSpec.require_same` raises :class:`SpecMismatchError`).
+- Data: :func:`load_packaged` (:data:`PACKAGED_DATASETS`), user files (:func:`load_file`,
+  :func:`load_csv`, :func:`load_jsonl`: ``text,label`` or ``prompt,response[,label]``),
+  :func:`train_test_split`, :func:`iid_partition`, :func:`dirichlet_partition`;
+  :func:`make_batch` tokenises a batch (causal-LM labels use :data:`IGNORE_INDEX` for the
+  prompt and padding positions).
+- Training: :func:`train_local` (returns the update ``new - old``), DP-SGD with
+  :func:`train_local_dp` and :class:`DpSgdConfig`, per-example clipped gradient sums
+  (:func:`clipped_grad_sum`), :func:`evaluate`.
 
-    from models import AdapterConfig, TaskKind, TrainConfig, build_model, load_packaged
-    data = load_packaged("sms-spam")
-    m = build_model("minilm", task=TaskKind.CLASSIFICATION, num_labels=data.num_labels,
-                    adapter=AdapterConfig.lora(), init_seed=0)
-    m.spec.digest                      # compared with every other party before round 1
-    result = train_local(m, data, TrainConfig(steps=10), seed=1)
-    result.update                      # float32 vector, new - old, in m.spec order
+Aggregate a peft adapter: three parties build the same LoRA model (same ``init_seed``, so the
+same spec digest and start vector), each proposes a vector, SecAgg+ sums them, and every party
+loads the mean. ``protocols`` is imported by the example, never by this package.
+
+>>> import numpy as np
+>>> from models import AdapterConfig, TaskKind, build_model
+>>> from protocols import SecAggConfig, run_round
+>>> parties = {cid: build_model("minilm", task=TaskKind.CLASSIFICATION, num_labels=2,
+...                             adapter=AdapterConfig.lora(r=4), init_seed=0)
+...            for cid in (1, 2, 3)}
+>>> len({m.spec.digest for m in parties.values()}), parties[1].num_trainable
+(1, 37634)
+>>> start = parties[1].get_vector()
+>>> delta = {cid: np.full(start.size, 0.01 * cid, dtype=np.float32) for cid in parties}
+>>> res = run_round(SecAggConfig(protocol="secagg+", n=3), delta)
+>>> mean = (res.aggregate / res.weight_total).astype(np.float32)
+>>> res.included, bool(np.allclose(mean, 0.02, atol=1e-4))
+((1, 2, 3), True)
+>>> for m in parties.values():
+...     m.apply_update(mean)
+>>> len({m.get_vector().tobytes() for m in parties.values()})
+1
 
 Submodules import torch, transformers and peft; this package never imports ``fl_core``,
 ``protocols`` or ``zmq``.
@@ -27,6 +58,7 @@ from models.adapters import (
 )
 from models.assets import cache_dir, gguf_to_folder, minilm_folder, package_dir, smollm2_gguf
 from models.batching import IGNORE_INDEX, make_batch
+from models.client_batch import client_updates
 from models.corpora import (
     PACKAGED_DATASETS,
     chatterbot,
@@ -46,6 +78,8 @@ from models.data import (
     train_test_split,
 )
 from models.device import autocast, resolve_device
+from models.dp_grad import ClippedSum, clipped_grad_sum, poisson_indices
+from models.dp_train import DpSgdConfig, train_local_dp
 from models.errors import (
     AdapterConfigError,
     AssetNotFoundError,
@@ -78,8 +112,10 @@ __all__ = [
     "AdapterKind",
     "AssetNotFoundError",
     "ClassificationData",
+    "ClippedSum",
     "DataFormatError",
     "Dataset",
+    "DpSgdConfig",
     "DtypeMismatchError",
     "EvalResult",
     "FullCodec",
@@ -104,6 +140,8 @@ __all__ = [
     "build_model",
     "cache_dir",
     "chatterbot",
+    "client_updates",
+    "clipped_grad_sum",
     "dirichlet_partition",
     "drug_reviews",
     "evaluate",
@@ -122,11 +160,13 @@ __all__ = [
     "make_batch",
     "minilm_folder",
     "package_dir",
+    "poisson_indices",
     "resolve_device",
     "resolve_source",
     "smollm2_gguf",
     "sms_spam",
     "train_local",
+    "train_local_dp",
     "train_test_split",
     "trec",
     "vader",

@@ -42,7 +42,9 @@ class FinetuneJob:
         num_clients: parties holding data (ids 1..num_clients); the cohort is ``n``.
         partition: ``"iid"`` or ``"dirichlet"`` (label skew with ``alpha``).
         rounds: planned rounds (the accountant and ``epsilon`` solve for these).
-        lr: server Adam step (record-level distributed DP) or the clients' local rate.
+        lr: the server's step on the noised mean gradient (record-level distributed DP) or the
+            clients' local rate.
+        server_optimizer: ``"adam"`` or ``"sgd"`` (momentum 0.9) for that server step.
         server_lr: FedAvg server step on the mean update (other modes).
         records_per_round: expected records sampled per round over all parties (record level:
             the Poisson rate is this over the total number of records).
@@ -69,6 +71,7 @@ class FinetuneJob:
     max_length: int = 64
     lr: float = 0.02
     server_lr: float = 1.0
+    server_optimizer: str = "adam"
     records_per_round: int = 512
     local_steps: int = 1
     batch_size: int = 16
@@ -87,6 +90,7 @@ class FinetuneJob:
         _check_choice("partition", self.partition, ("iid", "dirichlet"))
         _check_choice("dp", self.dp, ("record", "client", "none"))
         _check_choice("noise", self.noise, ("distributed", "local"))
+        _check_choice("server_optimizer", self.server_optimizer, ("adam", "sgd"))
         for name in ("num_clients", "rounds", "eval_size", "max_length", "records_per_round",
                      "local_steps", "batch_size", "grid_scale"):
             value = getattr(self, name)

@@ -74,7 +74,7 @@ class FinetuneServerTask:
         cfg = self.dp.config
         if cfg is not None and cfg.unit is Unit.RECORD and cfg.placement is Placement.DISTRIBUTED:
             grad = total * (self.job.clip / self.expected_batch)
-            return state - self._adam(grad)
+            return state - self._step(grad)
         if cfg is not None and cfg.unit is Unit.CLIENT:
             mean = total * (self.job.clip / self.cohort)
         else:
@@ -127,7 +127,11 @@ class FinetuneServerTask:
 
     # -- helpers -------------------------------------------------------------------------
 
-    def _adam(self, grad: Vector) -> Vector:
+    def _step(self, grad: Vector) -> Vector:
+        if self.job.server_optimizer == "sgd":  # heavy-ball momentum; the buffer lives in _m
+            self._t += 1
+            self._m = _BETA1 * self._m + grad
+            return self.job.lr * self._m
         self._t += 1
         self._m = _BETA1 * self._m + (1 - _BETA1) * grad
         self._v = _BETA2 * self._v + (1 - _BETA2) * grad * grad

@@ -133,3 +133,38 @@ def test_time_split_from_client_stats(tmp_path: Path) -> None:
     split = time_split(summary, [tmp_path / "c1", tmp_path / "c2", tmp_path / "missing"])
     assert split["round_s"] == 5.0 and split["training_s"] == 2.5
     assert split["protocol_s"] == pytest.approx(0.3) and split["other_s"] == pytest.approx(2.2)
+
+
+def test_user_csv_and_jsonl_data_are_split_and_partitioned(tmp_path: Path) -> None:
+    from fl_core.finetune.party import load_job_data, task_kind
+    from models.loading import TaskKind
+
+    rows = [f"review number {i} was {'great' if i % 3 else 'awful'}" for i in range(120)]
+    csv = tmp_path / "mine.csv"
+    csv.write_text("text,label\n" + "\n".join(
+        f"{t},{'pos' if i % 3 else 'neg'}" for i, t in enumerate(rows)) + "\n")
+    data = load_job_data(FinetuneJob(data=str(csv), num_clients=3, partition="iid",
+                                     eval_size=10))
+    assert task_kind(data.train) is TaskKind.CLASSIFICATION and len(data.test) == 10
+    assert sum(data.sizes) == len(data.train) and len(data.client(2)) == data.sizes[1]
+    parts = [set(p.tolist()) for p in data.parts]
+    assert not (parts[0] & parts[1]) and not (parts[1] & parts[2])  # disjoint private parts
+    with pytest.raises(JobError):
+        data.client(4)
+    jsonl = tmp_path / "pairs.jsonl"
+    jsonl.write_text("\n".join(
+        f'{{"prompt": "say {i}", "response": "{i}"}}' for i in range(40)) + "\n")
+    pairs = load_job_data(FinetuneJob(data=str(jsonl), num_clients=2))
+    assert task_kind(pairs.train) is TaskKind.CAUSAL_LM and sum(pairs.sizes) == len(pairs.train)
+    with pytest.raises(JobError, match="neither a packaged set"):
+        load_job_data(FinetuneJob(data=str(tmp_path / "missing.csv")))
+
+
+def test_distributed_noise_needs_secure_aggregation() -> None:
+    from fl_core.finetune.app import prepare
+
+    # refused before anything is loaded: each party's share alone would reach the server
+    with pytest.raises(JobError, match="distributed noise needs secure aggregation"):
+        prepare(FinetuneJob(), protocol="plain", n=4, active=False)
+    with pytest.raises(JobError, match="CKKS"):
+        prepare(FinetuneJob(), protocol="ckks", n=4, active=False)
