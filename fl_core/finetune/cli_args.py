@@ -26,8 +26,8 @@ _FLAGS: dict[str, tuple[str, Any, str]] = {
     "--seed": ("seed", int, "public seed: split, partition, initial weights"),
     "--lr": ("lr", float, "server Adam step (record/distributed) or local rate"),
     "--server-lr": ("server_lr", float, "FedAvg server step (other modes)"),
-    "--server-optimizer": ("server_optimizer", str, "adam (default) or sgd with momentum, "
-                           "for the step on the noised gradient"),
+    "--optimizer": ("optimizer", str, "adam (default) or sgd: the step on the noised gradient "
+                    "(server side for distributed noise, local DP-SGD for local noise)"),
     "--records-per-round": ("records_per_round", int,
                             "expected records sampled per round, all parties (record level)"),
     "--local-steps": ("local_steps", int, "local steps per round"),

@@ -79,6 +79,7 @@ class FinetuneClientTask:
             res = train_local_dp(self.model, self.data, DpSgdConfig(
                 steps=job.local_steps, sample_rate=cfg.sample_rate, clip=cfg.clip,
                 noise_std=cfg.noise_multiplier * cfg.clip, learning_rate=job.lr,
+                optimizer="adam" if job.optimizer == "adam" else "sgd",
                 max_length=job.max_length), uniform=self.noise.uniform,
                 gaussian=self.noise.gaussian)
             return res.update.astype(np.float64), _train_info(res.losses, res.examples_seen)

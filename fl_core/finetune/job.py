@@ -44,7 +44,9 @@ class FinetuneJob:
         rounds: planned rounds (the accountant and ``epsilon`` solve for these).
         lr: the server's step on the noised mean gradient (record-level distributed DP) or the
             clients' local rate.
-        server_optimizer: ``"adam"`` or ``"sgd"`` (momentum 0.9) for that server step.
+        optimizer: ``"adam"`` or ``"sgd"`` (momentum 0.9 on the server) for the step on the
+            noised gradient: the server's step (distributed noise) or the clients' local DP-SGD
+            (local noise).
         server_lr: FedAvg server step on the mean update (other modes).
         records_per_round: expected records sampled per round over all parties (record level:
             the Poisson rate is this over the total number of records).
@@ -71,7 +73,7 @@ class FinetuneJob:
     max_length: int = 64
     lr: float = 0.02
     server_lr: float = 1.0
-    server_optimizer: str = "adam"
+    optimizer: str = "adam"
     records_per_round: int = 512
     local_steps: int = 1
     batch_size: int = 16
@@ -90,7 +92,7 @@ class FinetuneJob:
         _check_choice("partition", self.partition, ("iid", "dirichlet"))
         _check_choice("dp", self.dp, ("record", "client", "none"))
         _check_choice("noise", self.noise, ("distributed", "local"))
-        _check_choice("server_optimizer", self.server_optimizer, ("adam", "sgd"))
+        _check_choice("optimizer", self.optimizer, ("adam", "sgd"))
         for name in ("num_clients", "rounds", "eval_size", "max_length", "records_per_round",
                      "local_steps", "batch_size", "grid_scale"):
             value = getattr(self, name)

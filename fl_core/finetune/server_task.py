@@ -128,7 +128,7 @@ class FinetuneServerTask:
     # -- helpers -------------------------------------------------------------------------
 
     def _step(self, grad: Vector) -> Vector:
-        if self.job.server_optimizer == "sgd":  # heavy-ball momentum; the buffer lives in _m
+        if self.job.optimizer == "sgd":  # heavy-ball momentum; the buffer lives in _m
             self._t += 1
             self._m = _BETA1 * self._m + grad
             return self.job.lr * self._m

@@ -23,6 +23,7 @@ import pytest
 
 from fl_core import keyfiles, keys
 from fl_core.rounds import synthetic_update
+from tests.fl_core._reap import reap
 
 pytestmark = pytest.mark.slow
 
@@ -128,7 +129,4 @@ def test_secaggplus_round_across_namespaces_with_netem(netns: Netns, tmp_path: P
         for p in procs[1:]:
             assert p.wait(timeout=20) == 0
     finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-            p.wait(timeout=10)
+        reap(procs)

@@ -18,6 +18,7 @@ import pytest
 from fl_core import keyfiles, keys
 from fl_core.checkpoint import resume
 from fl_core.rounds import synthetic_update
+from tests.fl_core._reap import reap
 
 pytestmark = pytest.mark.slow
 
@@ -77,10 +78,7 @@ class Cluster:
         return list(json.loads(self.json.read_text())["rounds"])
 
     def close(self) -> None:
-        for p in self.procs:
-            if p.poll() is None:
-                p.kill()
-            p.wait(timeout=10)
+        reap(self.procs)
 
 
 @pytest.fixture

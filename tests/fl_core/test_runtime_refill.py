@@ -22,6 +22,7 @@ from fl_core.driver import DriverSettings, RoundDriver
 from fl_core.rounds import CONTROL, control_message, limits_for, synthetic_update
 from fl_core.transport import ServerTransport
 from protocols.errors import ConfigError
+from tests.fl_core._reap import reap
 from tests.fl_core.test_runtime_processes import free_port
 
 PY = [sys.executable, "-m", "fl_core.cli"]
@@ -134,10 +135,7 @@ def test_refill_after_permanent_death_4_clients_5_rounds(tmp_path: Path) -> None
                  "--idle-timeout", "40", *extra]))
         assert server.wait(timeout=120) == 0
     finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-            p.wait(timeout=10)
+        reap(procs)
     assert procs[victim].returncode == -9
     rounds = json.loads(out.read_text())["rounds"]
     assert [r["round"] for r in rounds] == [1, 2, 3, 4, 5]

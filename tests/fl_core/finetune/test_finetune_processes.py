@@ -18,6 +18,7 @@ from fl_core import keyfiles, keys
 from fl_core.checkpoint import resume
 from fl_core.finetune.job import FinetuneJob
 from protocols.config import SecAggConfig
+from tests.fl_core._reap import reap
 
 pytestmark = pytest.mark.slow
 
@@ -84,10 +85,7 @@ def test_killed_server_resumes_with_the_accountant(tmp_path: Path) -> None:
         procs.append(second)
         assert second.wait(timeout=300) == 0
     finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-            p.wait(timeout=10)
+        reap(procs)
     final = resume(ckpt)
     doc = json.loads(summary.read_text())
     assert final.step == 3 and doc["rounds"] == 3
