@@ -60,7 +60,7 @@ def add_common_args(p: argparse.ArgumentParser) -> None:
 def add_serve_args(p: argparse.ArgumentParser) -> None:
     """Server flags (also taken by ``run``)."""
     p.add_argument("--rounds", type=int, default=None,
-                   help="completed rounds to run (default: the job's 30; 3 with --dim)")
+                   help="completed rounds to run (default: the job's 20; 3 with --dim)")
     p.add_argument("--deadline", type=float, default=10.0, help="seconds per stage")
     p.add_argument("--stage-deadline", type=_stage_deadline, action="append", default=[],
                    metavar="STAGE=SECONDS", help="override one stage's deadline")

@@ -34,7 +34,7 @@ def test_experiment_scripts_run_tiny(tmp_path: Path, monkeypatch: pytest.MonkeyP
     assert 0.0 <= float(central["accuracy_after"]) <= 1.0  # type: ignore[arg-type]
     assert (tmp_path / "exp1_centralized_vs_federated.png").stat().st_size > 0
 
-    dp_epsilon.main(tiny)
+    dp_epsilon.main(["--tiny", "--only", "distributed_eps8"])
     dist = _doc(tmp_path, "exp2_distributed_eps8")
     assert float(dist["epsilon"]) <= 8.0  # type: ignore[arg-type]
     noise = dist["noise_measurement"]

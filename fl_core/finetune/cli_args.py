@@ -18,7 +18,7 @@ __all__ = ["add_job_args", "job_from_args"]
 # flag -> (FinetuneJob field, type, help)
 _FLAGS: dict[str, tuple[str, Any, str]] = {
     "--model": ("model", str, "minilm (default), smollm2, a HF folder or a GGUF file"),
-    "--data": ("data", str, "packaged data set (default vader-movie) or a CSV/JSONL file"),
+    "--data": ("data", str, "packaged data set (default trec: question types) or a CSV/JSONL file"),
     "--adapter": ("adapter", str, "lora (default), prefix, prompt or full"),
     "--clients": ("num_clients", int, "parties holding data (default 4)"),
     "--partition": ("partition", str, "iid or dirichlet (default, label skew)"),

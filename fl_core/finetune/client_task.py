@@ -75,7 +75,17 @@ class FinetuneClientTask:
             noised = add_distributed_noise(cs.vector / cfg.clip, self.unit_cfg, self.noise)
             return noised, {"examples": cs.count, "loss": cs.loss,
                             "frac_clipped": cs.frac_clipped}
-        if cfg is not None and cfg.unit is Unit.RECORD:  # local DP-SGD (DP-LoRA)
+        if cfg is not None and cfg.unit is Unit.RECORD and job.local_steps == 1:
+            # local noise, one step: this party's own DP-SGD gradient release (the full
+            # sigma*C on its clipped sum); the server steps exactly as for distributed noise
+            idx = poisson_indices(len(self.data), cfg.sample_rate, self.noise.uniform)
+            cs = clipped_grad_sum(self.model, self.data, idx, clip=cfg.clip,
+                                  max_length=job.max_length)
+            assert self.unit_cfg is not None
+            noised = add_local_noise(cs.vector / cfg.clip, self.unit_cfg, self.noise)
+            return noised, {"examples": cs.count, "loss": cs.loss,
+                            "frac_clipped": cs.frac_clipped}
+        if cfg is not None and cfg.unit is Unit.RECORD:  # local DP-SGD steps (DP-LoRA)
             res = train_local_dp(self.model, self.data, DpSgdConfig(
                 steps=job.local_steps, sample_rate=cfg.sample_rate, clip=cfg.clip,
                 noise_std=cfg.noise_multiplier * cfg.clip, learning_rate=job.lr,

@@ -61,16 +61,16 @@ class FinetuneJob:
     """
 
     model: str = "minilm"
-    data: str = "vader-movie"
+    data: str = "trec"
     adapter: str = "lora"
     num_clients: int = 4
     partition: str = "dirichlet"
     alpha: float = 0.5
-    rounds: int = 30
+    rounds: int = 20
     seed: int = 0
     test_fraction: float = 0.1
-    eval_size: int = 1000
-    max_length: int = 64
+    eval_size: int = 500
+    max_length: int = 32
     lr: float = 0.02
     server_lr: float = 1.0
     optimizer: str = "adam"

@@ -8,8 +8,10 @@ Four modes (``job.dp`` x ``job.noise``), one public resolution every party compu
   (:func:`fl_core.dp.add_distributed_noise`). The secure sum over at least ``t`` survivors (the
   protocol threshold) carries noise of standard deviation ``sigma`` (in units of ``C``); the server
   divides by ``q N / C`` and takes an Adam step. One accountant step per round, rate ``q``.
-- record / local (DP-LoRA): each party runs ``local_steps`` steps of DP-SGD with the full noise
-  ``sigma C`` on its own records (rate ``q``); the update it sends is already private.
+- record / local (DP-LoRA): each party adds the full noise ``sigma C`` itself. With one local
+  step it sends its noised clipped-gradient sum and the server steps exactly as above (only the
+  noise placement differs); with ``local_steps > 1`` it runs that many DP-SGD steps on its own
+  records (rate ``q``) and sends the already private update (FedAvg).
 - client / distributed and client / local: DP-FedAvg on updates clipped to ``C``; the cohort is
   ``n`` of ``num_clients`` parties (rate ``n / num_clients``).
 
@@ -139,7 +141,11 @@ def resolve_dp(job: FinetuneJob, *, dim: int, sizes: tuple[int, ...], cohort: in
                     threshold=1 if local else threshold, grid_scale=job.grid_scale,
                     epsilon_budget=job.epsilon_budget)
     warning = None if record else client_level_warning(job.num_clients, rate)
-    if local:
+    if local and record and job.local_steps == 1:  # a noised clipped-gradient sum, C units
+        batch_hi = max(_binomial_upper(size, rate, _TAIL) for size in sizes)
+        bound = float(math.ceil(batch_hi) + _NOISE_SIGMAS * target)
+        return ResolvedDp(base, delta, target, rate, 1, bound, job.grid_scale, 0.0, warning)
+    if local:  # clamping an already private value is post-processing
         bound = 4.0 * job.lr * job.local_steps if record else 1.0 + 6.0 * target
         return ResolvedDp(base, delta, target, rate, steps_per_round, bound,
                           20 if record else job.grid_scale, 0.0, warning)

@@ -53,6 +53,11 @@ class FinetuneServerTask:
         self._t = 0
         self.evals: list[dict[str, Any]] = []
         self.expected_batch = dp.accountant_rate * sum(data.sizes)
+        cfg = dp.config
+        #: record level with distributed noise, or local noise and one local step: the sum is
+        #: of (noised) clipped gradient sums and the server takes the optimizer step
+        self.steps_on_gradients = cfg is not None and cfg.unit is Unit.RECORD and (
+            cfg.placement is Placement.DISTRIBUTED or job.local_steps == 1)
 
     # -- ServerTask ----------------------------------------------------------------------
 
@@ -67,12 +72,11 @@ class FinetuneServerTask:
         """One step from the round's sum (None when the round aborted)."""
         if out.aggregate is None:
             return None
-        total = out.aggregate
+        total, cfg = out.aggregate, self.dp.config
         if not np.all(np.isfinite(total)):
             log.error("round %d: non-finite aggregate refused", out.round_id)
             return None
-        cfg = self.dp.config
-        if cfg is not None and cfg.unit is Unit.RECORD and cfg.placement is Placement.DISTRIBUTED:
+        if self.steps_on_gradients:
             grad = total * (self.job.clip / self.expected_batch)
             return state - self._step(grad)
         if cfg is not None and cfg.unit is Unit.CLIENT:

@@ -1,0 +1,173 @@
+"""One federated fine-tuning run, simulated in process with the objects the runtime uses.
+
+Per round every sampled client is a :class:`~fl_core.finetune.client_task.FinetuneClientTask`
+(all share one :class:`~models.AdaptedModel`: each call starts with ``set_vector(state)``), the
+sum goes through the real secure aggregation :func:`protocols.harness.run_round` and
+:class:`~fl_core.finetune.server_task.FinetuneServerTask` takes the step and the accountant's.
+``centralized=True`` runs one party holding all the data and skips the aggregation (its
+contribution is the sum).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from collections.abc import Callable
+from dataclasses import asdict, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from fl_core.driver import RoundOutcome
+from fl_core.finetune.app import Prepared, prepare
+from fl_core.finetune.client_task import FinetuneClientTask
+from fl_core.finetune.job import FinetuneJob
+from fl_core.finetune.party import build_job_model, load_job_data
+from fl_core.finetune.privacy import resolve_dp
+from fl_core.finetune.server_task import FinetuneServerTask
+from protocols.config import SecAggConfig
+from protocols.harness import run_round
+
+__all__ = ["RESULTS", "Contribute", "prepare_run", "run_job", "save"]
+
+RESULTS = Path(__file__).resolve().parents[1] / "results" / "experiments"
+Vector = npt.NDArray[np.float64]
+Contribute = Callable[[Prepared, int, list[int], Vector], dict[int, Vector]]
+"""Optional replacement of the per-client loop: ``(prep, round, cohort, state) -> inputs``."""
+
+
+def results_dir() -> Path:
+    """Where results go (``SECAGG_EXPERIMENTS_OUT`` overrides, for the smoke test)."""
+    out = Path(os.environ.get("SECAGG_EXPERIMENTS_OUT", str(RESULTS)))
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def save(name: str, doc: dict[str, Any]) -> Path:
+    """Write ``doc`` to ``<results>/<name>.json`` atomically; return the path."""
+    path = results_dir() / f"{name}.json"
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(doc, indent=1, default=str) + "\n")
+    os.replace(tmp, path)
+    return path
+
+
+def prepare_run(job: FinetuneJob, *, cohort: int, centralized: bool = False) -> Prepared:
+    """``app.prepare(job, protocol="secagg+", n=cohort, active=False)``; centralized: the same
+    pieces for a single party with threshold 1 (it adds the whole noise) and no protocol."""
+    if not centralized:
+        return prepare(job, protocol="secagg+", n=cohort, active=False)
+    data = load_job_data(job)
+    model = build_job_model(job, data)
+    dp = resolve_dp(job, dim=model.num_trainable, sizes=data.sizes, cohort=1, threshold=1)
+    return Prepared(job, data, model, dp, {})
+
+
+def _cohort(job: FinetuneJob, n: int, round_id: int) -> list[int]:
+    """``n`` of the ``num_clients`` ids, uniformly without replacement (public sampling)."""
+    if n >= job.num_clients:
+        return list(range(1, job.num_clients + 1))
+    rng = np.random.default_rng([job.seed, round_id])
+    return sorted(int(c) + 1 for c in rng.choice(job.num_clients, size=n, replace=False))
+
+
+def _client_loop(tasks: dict[int, FinetuneClientTask]) -> Contribute:
+    def contribute(prep: Prepared, round_id: int, cohort: list[int], state: Vector
+                   ) -> dict[int, Vector]:
+        return {cid: tasks[cid](round_id, state) for cid in cohort}
+    return contribute
+
+
+def run_job(job: FinetuneJob, *, cohort: int | None = None, centralized: bool = False,
+            contribute: Contribute | None = None, label: str = "",
+            eval_before: bool = True,
+            on_round: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+    """Run ``job.rounds`` rounds; return a JSON-able summary (accuracy before/after, epsilon,
+    per-round seconds split into training and secure aggregation, bytes per client).
+
+    Raises:
+        JobError, ConfigError, ProtocolError: as :func:`prepare` and :func:`run_round`.
+    """
+    n = 1 if centralized else (cohort or job.num_clients)
+    t0 = time.perf_counter()
+    prep = prepare_run(job, cohort=n, centralized=centralized)
+    server = FinetuneServerTask(job, prep.model, prep.data, prep.dp, cohort=n)
+    # the "before" evaluation is the same for every run of one model/data/seed: skippable
+    state = server.initial_state(prep.dim) if eval_before else server.initial_vector.copy()
+    if contribute is None:
+        ids = [1] if centralized else range(1, job.num_clients + 1)
+        contribute = _client_loop({cid: FinetuneClientTask(job, cid, prep.model,
+                                                           prep.data.client(cid), prep.dp)
+                                   for cid in ids})
+    rounds: list[dict[str, Any]] = []
+    for r in range(1, job.rounds + 1):
+        members = [1] if centralized else _cohort(job, n, r)
+        t_train = time.perf_counter()
+        inputs = contribute(prep, r, members, state)
+        train_s = time.perf_counter() - t_train
+        rec: dict[str, Any] = {"round": r, "clients": len(members),
+                               "train_s_total": round(train_s, 4),
+                               "train_s_per_client": round(train_s / len(members), 4)}
+        if centralized:
+            out = RoundOutcome(r, tuple(members), aggregate=inputs[1], weight_total=1.0,
+                               included=(1,))
+        else:
+            rr = run_round(SecAggConfig(**prep.config_args), inputs, round_id=r)
+            out = RoundOutcome(r, tuple(members), aggregate=rr.aggregate,
+                               weight_total=rr.weight_total, included=rr.included)
+            rec |= {"secagg_server_s": round(rr.server_s, 4),
+                    "secagg_client_s_mean": round(rr.client_s_mean, 4),
+                    "secagg_total_compute_s": round(rr.total_compute_s, 4),
+                    "bytes_up_per_client": rr.bytes_up_per_client,
+                    "bytes_down_per_client": rr.bytes_down_per_client}
+        new = server.apply(state, out)
+        if new is None:
+            raise RuntimeError(f"round {r}: the server refused the aggregate")
+        state = new
+        rec |= server.report(out)
+        rounds.append(rec)
+        if on_round is not None:
+            on_round(rec)
+    server.evaluate(state, job.rounds)
+    return _summary(job, prep, server, rounds, label, centralized, n,
+                    time.perf_counter() - t0) | {"_prep": prep}
+
+
+def _summary(job: FinetuneJob, prep: Prepared, server: FinetuneServerTask,
+             rounds: list[dict[str, Any]], label: str, centralized: bool, n: int,
+             wall: float) -> dict[str, Any]:
+    first = server.evals[0] if len(server.evals) > 1 else {}
+    last = server.evals[-1]
+    doc: dict[str, Any] = {
+        "label": label, "centralized": centralized, "cohort": n,
+        "job": asdict(job), "dim": prep.dim, "dp": prep.dp.describe(),
+        "protocol": prep.config_args,
+        "accuracy_before": first.get("accuracy"), "accuracy_after": last.get("accuracy"),
+        "macro_f1_after": last.get("macro_f1"), "evaluations": server.evals,
+        "epsilon": rounds[-1].get("epsilon") if rounds else None,
+        "delta": prep.dp.delta if prep.dp.config is not None else None,
+        "wall_s": round(wall, 1), "rounds": rounds,
+    }
+    if not centralized and rounds:
+        train = float(np.mean([r["train_s_per_client"] for r in rounds]))
+        sa = float(np.mean([r["secagg_client_s_mean"] + r["secagg_server_s"] for r in rounds]))
+        doc |= {"bytes_up_per_client_per_round": float(np.mean(
+                    [r["bytes_up_per_client"] for r in rounds])),
+                "train_s_per_client_per_round": round(train, 4),
+                "secagg_s_per_round": round(sa, 4),
+                "secagg_fraction_of_round": round(sa / (train + sa), 5)}
+    return doc
+
+
+def with_(job: FinetuneJob, **kw: Any) -> FinetuneJob:
+    """``dataclasses.replace`` (re-validates)."""
+    return replace(job, **kw)
+
+
+def finite(x: float | None) -> float | None:
+    """JSON-safe float."""
+    return None if x is None or not math.isfinite(x) else x
