@@ -67,22 +67,17 @@ class FinetuneClientTask:
 
     def _contribution(self, round_id: int) -> tuple[Vector, dict[str, Any]]:
         job, cfg = self.job, self.dp.config
-        if cfg is not None and cfg.unit is Unit.RECORD and cfg.placement is Placement.DISTRIBUTED:
+        if cfg is not None and cfg.unit is Unit.RECORD and (
+                cfg.placement is Placement.DISTRIBUTED or job.local_steps == 1):
+            # distributed: a discrete Gaussian share on the grid; local with one step: this
+            # party's own DP-SGD gradient release (the full sigma*C), the server steps alike
             idx = poisson_indices(len(self.data), cfg.sample_rate, self.noise.uniform)
             cs = clipped_grad_sum(self.model, self.data, idx, clip=cfg.clip,
                                   max_length=job.max_length)
             assert self.unit_cfg is not None
-            noised = add_distributed_noise(cs.vector / cfg.clip, self.unit_cfg, self.noise)
-            return noised, {"examples": cs.count, "loss": cs.loss,
-                            "frac_clipped": cs.frac_clipped}
-        if cfg is not None and cfg.unit is Unit.RECORD and job.local_steps == 1:
-            # local noise, one step: this party's own DP-SGD gradient release (the full
-            # sigma*C on its clipped sum); the server steps exactly as for distributed noise
-            idx = poisson_indices(len(self.data), cfg.sample_rate, self.noise.uniform)
-            cs = clipped_grad_sum(self.model, self.data, idx, clip=cfg.clip,
-                                  max_length=job.max_length)
-            assert self.unit_cfg is not None
-            noised = add_local_noise(cs.vector / cfg.clip, self.unit_cfg, self.noise)
+            add = (add_distributed_noise if cfg.placement is Placement.DISTRIBUTED
+                   else add_local_noise)
+            noised = add(cs.vector / cfg.clip, self.unit_cfg, self.noise)
             return noised, {"examples": cs.count, "loss": cs.loss,
                             "frac_clipped": cs.frac_clipped}
         if cfg is not None and cfg.unit is Unit.RECORD:  # local DP-SGD steps (DP-LoRA)

@@ -11,26 +11,19 @@ import torch
 from models import (
     AdapterConfig,
     ClassificationData,
-    TaskKind,
     TrainConfig,
-    build_model,
     iid_partition,
     train_local,
 )
 from models.adapted import AdaptedModel
 from models.client_batch import client_updates
 from models.errors import AdapterConfigError
+from tests.models._build import minilm as build_minilm
 
 
 @pytest.fixture(scope="module")
 def minilm() -> Iterator[AdaptedModel]:
-    m = build_model(
-        "minilm",
-        task=TaskKind.CLASSIFICATION,
-        num_labels=2,
-        adapter=AdapterConfig.lora(),
-        init_seed=0,
-    )
+    m = build_minilm()
     # train_local trains with dropout on; zero it so both sides compute the same function.
     for mod in m.model.modules():
         if isinstance(mod, torch.nn.Dropout):
@@ -66,13 +59,7 @@ def test_rejects_prompt_tuning_and_bad_args(
         client_updates(
             minilm, [movie_small], local_steps=0, batch_size=4, learning_rate=0.1, seed=0
         )
-    prompt = build_model(
-        "minilm",
-        task=TaskKind.CLASSIFICATION,
-        num_labels=2,
-        adapter=AdapterConfig.prompt(),
-        init_seed=0,
-    )
+    prompt = build_minilm(AdapterConfig.prompt())
     with pytest.raises(AdapterConfigError):
         client_updates(
             prompt, [movie_small], local_steps=1, batch_size=4, learning_rate=0.1, seed=0

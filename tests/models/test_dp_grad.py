@@ -16,17 +16,12 @@ from models import (
 )
 from models.adapted import AdaptedModel
 from models.dp_grad import clipped_grad_sum, per_example_loss, poisson_indices, trainables
+from tests.models._build import minilm as build_minilm
 
 
 @pytest.fixture(scope="module")
 def minilm() -> AdaptedModel:
-    m = build_model(
-        "minilm",
-        task=TaskKind.CLASSIFICATION,
-        num_labels=2,
-        adapter=AdapterConfig.lora(),
-        init_seed=0,
-    )
+    m = build_minilm()
     # Move LoRA B off zero so every trainable tensor has a non-trivial gradient.
     gen = np.random.default_rng(1)
     vec = m.get_vector()

@@ -7,22 +7,17 @@ import pytest
 import torch
 from numpy.typing import NDArray
 
-from models import AdapterConfig, ClassificationData, TaskKind, build_model, evaluate, make_batch
+from models import ClassificationData, evaluate, make_batch
 from models.adapted import AdaptedModel
 from models.dp_grad import trainables
 from models.dp_train import DpSgdConfig, train_local_dp
 from models.errors import AdapterConfigError
+from tests.models._build import minilm as build_minilm
 
 
 @pytest.fixture(scope="module")
 def minilm() -> AdaptedModel:
-    return build_model(
-        "minilm",
-        task=TaskKind.CLASSIFICATION,
-        num_labels=2,
-        adapter=AdapterConfig.lora(),
-        init_seed=0,
-    )
+    return build_minilm()
 
 
 def _uniform(seed: int):  # type: ignore[no-untyped-def]

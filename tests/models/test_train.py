@@ -9,30 +9,22 @@ import pytest
 
 from models import (
     AdaptedModel,
-    AdapterConfig,
     AdapterConfigError,
     ClassificationData,
     DataFormatError,
-    TaskKind,
     TrainConfig,
-    build_model,
     evaluate,
     load_packaged,
     macro_f1,
     train_local,
 )
+from tests.models._build import minilm as build_minilm
 
 CONFIG = TrainConfig(steps=12, batch_size=8, learning_rate=1e-2, max_length=48)
 
 
 def _lora() -> AdaptedModel:
-    return build_model(
-        "minilm",
-        task=TaskKind.CLASSIFICATION,
-        num_labels=2,
-        adapter=AdapterConfig.lora(),
-        init_seed=0,
-    )
+    return build_minilm()
 
 
 def test_lora_steps_move_the_weights_and_cut_the_loss(movie_small: ClassificationData) -> None:
