@@ -24,7 +24,7 @@ post-processing of an already private value.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from fl_core.dp import (
@@ -95,13 +95,12 @@ def _solve(job: FinetuneJob, delta: float, rate: float, steps: int) -> float:
 
 def _distributed_sigma(base: DpConfig, target: float, dim: int) -> DpConfig:
     """The smallest sigma whose effective multiplier (rounding and tau included) >= target."""
-    cfg = DpConfig(**{**_fields(base), "noise_multiplier": target})
+    cfg = replace(base, noise_multiplier=target)
     for _ in range(60):
         eff = effective_noise_multiplier(cfg, dim)
         if eff >= target * (1 - 1e-9):
             return cfg
-        cfg = DpConfig(**{**_fields(cfg),
-                          "noise_multiplier": cfg.noise_multiplier * (target / eff) * (1 + 1e-6)})
+        cfg = replace(cfg, noise_multiplier=cfg.noise_multiplier * (target / eff) * (1 + 1e-6))
     raise JobError("could not calibrate the distributed noise")
 
 
@@ -109,10 +108,6 @@ def _binomial_upper(size: int, rate: float, tail: float) -> float:
     """b with P(Binomial(size, rate) >= b) <= tail (Bernstein: the variance is at most the mean)."""
     mean, log_t = size * rate, math.log(1.0 / tail)
     return mean + log_t / 3 + math.sqrt((log_t / 3) ** 2 + 2 * mean * log_t)
-
-
-def _fields(cfg: DpConfig) -> dict[str, Any]:
-    return {k: getattr(cfg, k) for k in cfg.__dataclass_fields__}
 
 
 def resolve_dp(job: FinetuneJob, *, dim: int, sizes: tuple[int, ...], cohort: int,
