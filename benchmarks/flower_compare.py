@@ -65,8 +65,8 @@ def run_side(args: argparse.Namespace, side: str) -> dict[str, Any]:
     from flwr.server.workflow.constant import MAIN_PARAMS_RECORD
     from flwr.simulation import run_simulation
 
-    from fl_core.flower import SecAggWorkflow, secagg_mod
-    from fl_core.flower._state import RECORD
+    from secagg.fl_core.flower import SecAggWorkflow, secagg_mod
+    from secagg.fl_core.flower._state import RECORD
 
     n, dim, seed = args.clients, args.dim, args.seed
     dropped = frozenset(dropped_ids(n, args.dropout))
@@ -194,7 +194,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", type=Path)
     args = ap.parse_args(argv)
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    from protocols.config import SecAggConfig
+    from secagg.protocols.config import SecAggConfig
 
     cfg = SecAggConfig(protocol="secagg+", n=args.clients, k=args.k, threshold=args.threshold)
     args.k, args.threshold = cfg.k, cfg.threshold

@@ -1,7 +1,7 @@
 """``secagg bench protocol``: one in-process round of plain / SecAgg / SecAgg+, with references.
 
 Each run records, from the same process and the same inputs: the protocol's compute per role
-(``protocols.harness.run_round``), the plain float sum of the included inputs
+(``secagg.protocols.harness.run_round``), the plain float sum of the included inputs
 (``plaintext_s``) and the raw AES-256-CTR time for exactly the mask words this round expanded
 (``keystream_bound_s``, the keystream rate measured now times the words). Dropouts are clients
 that fail to send their masked input, i.e. after share keys (the costly case: their pairwise
@@ -30,9 +30,9 @@ from typing import Any
 import numpy as np
 
 from benchmarks._timing import machine_info, write_json
-from protocols import SecAggConfig
-from protocols.harness import run_round
 from secagg import prg
+from secagg.protocols import SecAggConfig
+from secagg.protocols.harness import run_round
 
 __all__ = ["main", "run_point"]
 

@@ -9,7 +9,8 @@ float64 global state (8 B a value down per client), so the figure is the protoco
 plus transport and framing. The server's round time starts once the cohort is there and ends
 when the protocol is done (SecAgg+: aggregate decoded; CKKS: encrypted sum sent).
 
-In the same run, :func:`protocols.harness.run_round` runs the same config (same ``n``, ``dim``,
+In the same run, :func:`secagg.protocols.harness.run_round` runs the same config (same ``n``,
+``dim``,
 active or passive) in this process, every participant one after the other (CKKS: with a
 keyring from one in-process key setup), median of ``--inproc-repeat`` rounds after one warm-up.
 
@@ -38,15 +39,15 @@ from typing import Any
 import numpy as np
 
 from benchmarks._timing import machine_info, write_json
-from fl_core import keyfiles, keys
-from fl_core.rounds import synthetic_update
-from protocols.ckks_harness import setup_keys
-from protocols.config import SecAggConfig
-from protocols.harness import run_round
+from secagg.fl_core import keyfiles, keys
+from secagg.fl_core.rounds import synthetic_update
+from secagg.protocols.ckks_harness import setup_keys
+from secagg.protocols.config import SecAggConfig
+from secagg.protocols.harness import run_round
 
 __all__ = ["main", "run"]
 
-PY = [sys.executable, "-m", "fl_core.cli"]
+PY = [sys.executable, "-m", "secagg.fl_core.cli"]
 
 
 def _free_port() -> int:

@@ -9,17 +9,18 @@ below imports its submodule (and with it ZeroMQ, or dp-accounting) on first use 
   :class:`SocketOptions`.
 - Keys: :class:`CurveKeyPair` (the server), :class:`ClientKeys` (a client's Curve key pair and
   Ed25519 identity, bound by a signed card), :class:`Allowlist` (the server's verified cards).
-  Key files on disk: :mod:`fl_core.keyfiles` (``secagg keygen`` writes them).
+  Key files on disk: :mod:`secagg.fl_core.keyfiles` (``secagg keygen`` writes them).
 - Loops: :func:`serve` with :class:`ServerSettings` and :class:`DriverSettings` (deadlines ->
   dropouts), a :class:`ServerTask` (default :class:`FedAvgTask`) that applies each
   :class:`RoundOutcome`; :func:`run_client` with :class:`ClientSettings` and an ``update``
   callable ``(round_id, global_state) -> vector`` (default :func:`synthetic_update`).
 - Checkpoints: :class:`Checkpoint`, :func:`resume`, :class:`CheckpointError`.
-- Differential privacy (also :mod:`fl_core.dp`): :class:`DpConfig`, :class:`NoiseSource`,
+- Differential privacy (also :mod:`secagg.fl_core.dp`): :class:`DpConfig`, :class:`NoiseSource`,
   :func:`clip_l2`, :func:`add_local_noise`, :func:`add_distributed_noise`,
   :class:`PrivacyAccountant`, :func:`calibrate_noise_multiplier`.
-- The fine-tuning job: :class:`FinetuneJob` (:mod:`fl_core.finetune`); the command line:
-  :func:`main` (the ``secagg`` console script). Flower: :mod:`fl_core.flower` (optional extra).
+- The fine-tuning job: :class:`FinetuneJob` (:mod:`secagg.fl_core.finetune`); the command line:
+  :func:`main` (the ``secagg`` console script). Flower: :mod:`secagg.fl_core.flower` (optional
+  extra).
 - Errors: :class:`FlCoreError` and :class:`TransportError` (both under
   :class:`secagg.errors.SecAggError`), :class:`DpConfigError`.
 
@@ -30,7 +31,7 @@ docs/api.md runs the same federation with Curve keys and active mode.
 >>> import tempfile, threading
 >>> from pathlib import Path
 >>> import numpy as np
->>> import fl_core
+>>> from secagg import fl_core
 >>> limits = fl_core.limits_for(3, 4)                       # n = 3 clients, dim = 4
 >>> server = fl_core.ServerTransport("tcp://127.0.0.1:*", limits=limits, insecure=True)
 >>> settings = fl_core.ServerSettings(
@@ -75,10 +76,10 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from fl_core.checkpoint import Checkpoint, CheckpointError, resume
-    from fl_core.cli import main
-    from fl_core.client_app import ClientSettings, run_client
-    from fl_core.dp import (
+    from secagg.fl_core.checkpoint import Checkpoint, CheckpointError, resume
+    from secagg.fl_core.cli import main
+    from secagg.fl_core.client_app import ClientSettings, run_client
+    from secagg.fl_core.dp import (
         DpConfig,
         DpConfigError,
         NoiseSource,
@@ -88,49 +89,54 @@ if TYPE_CHECKING:
         calibrate_noise_multiplier,
         clip_l2,
     )
-    from fl_core.driver import DriverSettings, RoundOutcome
-    from fl_core.errors import FlCoreError, TransportError
-    from fl_core.finetune.job import FinetuneJob
-    from fl_core.keys import Allowlist, ClientKeys, CurveKeyPair
-    from fl_core.rounds import limits_for, synthetic_update
-    from fl_core.server_app import ServerSettings, serve
-    from fl_core.tasks import FedAvgTask, ServerTask
-    from fl_core.transport import ClientTransport, ServerTransport, SocketOptions, TransportLimits
+    from secagg.fl_core.driver import DriverSettings, RoundOutcome
+    from secagg.fl_core.errors import FlCoreError, TransportError
+    from secagg.fl_core.finetune.job import FinetuneJob
+    from secagg.fl_core.keys import Allowlist, ClientKeys, CurveKeyPair
+    from secagg.fl_core.rounds import limits_for, synthetic_update
+    from secagg.fl_core.server_app import ServerSettings, serve
+    from secagg.fl_core.tasks import FedAvgTask, ServerTask
+    from secagg.fl_core.transport import (
+        ClientTransport,
+        ServerTransport,
+        SocketOptions,
+        TransportLimits,
+    )
 
 # name -> submodule that defines it (imported on first attribute access).
 _LAZY: dict[str, str] = {
-    "Allowlist": "fl_core.keys",
-    "Checkpoint": "fl_core.checkpoint",
-    "CheckpointError": "fl_core.checkpoint",
-    "ClientKeys": "fl_core.keys",
-    "ClientSettings": "fl_core.client_app",
-    "ClientTransport": "fl_core.transport",
-    "CurveKeyPair": "fl_core.keys",
-    "DpConfig": "fl_core.dp",
-    "DpConfigError": "fl_core.dp",
-    "DriverSettings": "fl_core.driver",
-    "FedAvgTask": "fl_core.tasks",
-    "FinetuneJob": "fl_core.finetune.job",
-    "FlCoreError": "fl_core.errors",
-    "NoiseSource": "fl_core.dp",
-    "PrivacyAccountant": "fl_core.dp",
-    "RoundOutcome": "fl_core.driver",
-    "ServerSettings": "fl_core.server_app",
-    "ServerTask": "fl_core.tasks",
-    "ServerTransport": "fl_core.transport",
-    "SocketOptions": "fl_core.transport",
-    "TransportError": "fl_core.errors",
-    "TransportLimits": "fl_core.transport",
-    "add_distributed_noise": "fl_core.dp",
-    "add_local_noise": "fl_core.dp",
-    "calibrate_noise_multiplier": "fl_core.dp",
-    "clip_l2": "fl_core.dp",
-    "limits_for": "fl_core.rounds",
-    "main": "fl_core.cli",
-    "resume": "fl_core.checkpoint",
-    "run_client": "fl_core.client_app",
-    "serve": "fl_core.server_app",
-    "synthetic_update": "fl_core.rounds",
+    "Allowlist": "secagg.fl_core.keys",
+    "Checkpoint": "secagg.fl_core.checkpoint",
+    "CheckpointError": "secagg.fl_core.checkpoint",
+    "ClientKeys": "secagg.fl_core.keys",
+    "ClientSettings": "secagg.fl_core.client_app",
+    "ClientTransport": "secagg.fl_core.transport",
+    "CurveKeyPair": "secagg.fl_core.keys",
+    "DpConfig": "secagg.fl_core.dp",
+    "DpConfigError": "secagg.fl_core.dp",
+    "DriverSettings": "secagg.fl_core.driver",
+    "FedAvgTask": "secagg.fl_core.tasks",
+    "FinetuneJob": "secagg.fl_core.finetune.job",
+    "FlCoreError": "secagg.fl_core.errors",
+    "NoiseSource": "secagg.fl_core.dp",
+    "PrivacyAccountant": "secagg.fl_core.dp",
+    "RoundOutcome": "secagg.fl_core.driver",
+    "ServerSettings": "secagg.fl_core.server_app",
+    "ServerTask": "secagg.fl_core.tasks",
+    "ServerTransport": "secagg.fl_core.transport",
+    "SocketOptions": "secagg.fl_core.transport",
+    "TransportError": "secagg.fl_core.errors",
+    "TransportLimits": "secagg.fl_core.transport",
+    "add_distributed_noise": "secagg.fl_core.dp",
+    "add_local_noise": "secagg.fl_core.dp",
+    "calibrate_noise_multiplier": "secagg.fl_core.dp",
+    "clip_l2": "secagg.fl_core.dp",
+    "limits_for": "secagg.fl_core.rounds",
+    "main": "secagg.fl_core.cli",
+    "resume": "secagg.fl_core.checkpoint",
+    "run_client": "secagg.fl_core.client_app",
+    "serve": "secagg.fl_core.server_app",
+    "synthetic_update": "secagg.fl_core.rounds",
 }
 
 __all__ = [

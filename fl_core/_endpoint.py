@@ -9,7 +9,7 @@ from typing import Final
 
 import zmq
 
-from fl_core._transport_common import (
+from secagg.fl_core._transport_common import (
     ZERO_COPY_THRESHOLD,
     DropLog,
     DropReason,
@@ -19,12 +19,12 @@ from fl_core._transport_common import (
     TransportLimits,
     remaining_ms,
 )
-from fl_core.envelope import Envelope, check_frames, decode_header
-from fl_core.errors import EnvelopeError, TransportClosed, TransportTimeout
+from secagg.fl_core.envelope import Envelope, check_frames, decode_header
+from secagg.fl_core.errors import EnvelopeError, TransportClosed, TransportTimeout
 
 __all__ = ["INSECURE_BANNER", "Endpoint", "log"]
 
-log = logging.getLogger("fl_core.transport")
+log = logging.getLogger("secagg.fl_core.transport")
 INSECURE_BANNER: Final = (
     "*** INSECURE TRANSPORT (%s on %s): CurveZMQ is OFF. No encryption, no authentication; "
     "any peer can read everything and claim any client id. For tests only. ***"

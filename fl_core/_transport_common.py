@@ -18,7 +18,7 @@ from typing import Final
 
 import zmq
 
-from fl_core.envelope import MAX_STAGE, Envelope
+from secagg.fl_core.envelope import MAX_STAGE, Envelope
 
 __all__ = [
     "MIN_MESSAGE_BYTES",
@@ -140,7 +140,7 @@ class Inbound:
 
     ``sender`` is authenticated: at the server, the client id the connection's Curve key is
     allowlisted for (with ``insecure=True``, merely the id the peer claimed first); at a
-    client, :data:`~fl_core.envelope.SERVER_SENDER`. ``payload`` is a read-only view of
+    client, :data:`secagg.fl_core.envelope.SERVER_SENDER`. ``payload`` is a read-only view of
     ZeroMQ's receive buffer (no copy); it stays valid as long as the view is referenced.
     """
 

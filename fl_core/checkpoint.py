@@ -30,7 +30,7 @@ from typing import Any, Final
 import numpy as np
 import numpy.typing as npt
 
-from fl_core.errors import FlCoreError
+from secagg.fl_core.errors import FlCoreError
 
 __all__ = ["CHECKPOINT_VERSION", "Checkpoint", "CheckpointError", "resume", "write_atomic"]
 

@@ -3,8 +3,8 @@
 Subcommands grow with the library: ``bench`` runs the benchmark suite (``secagg bench
 primitives``, ``secagg bench protocol``, ``secagg bench transport``); ``keygen`` writes CurveZMQ
 and identity key files (``secagg keygen server --out keys/``, ``secagg keygen client --out keys/
---ids 1-20``); ``serve`` runs the server (``fl_core.commands``), ``client`` one client,
-and ``run`` a server and N clients as separate processes on localhost (``fl_core.runner``).
+--ids 1-20``); ``serve`` runs the server (``secagg.fl_core.commands``), ``client`` one client,
+and ``run`` a server and N clients as separate processes on localhost (``secagg.fl_core.runner``).
 """
 
 from __future__ import annotations
@@ -60,8 +60,8 @@ def parse_ids(text: str) -> list[int]:
 
 def _keygen(ns: argparse.Namespace) -> int:
     """Write key files; return the exit status (1 if a file exists and --force is absent)."""
-    from fl_core import keyfiles, keys
-    from fl_core.errors import KeyFileExists
+    from secagg.fl_core import keyfiles, keys
+    from secagg.fl_core.errors import KeyFileExists
 
     if not ns.force:  # all or nothing: check every target before writing any
         paths = ([keyfiles.server_paths(ns.out)] if ns.role == "server"
@@ -90,8 +90,8 @@ def _keygen(ns: argparse.Namespace) -> int:
 
 
 def _add_runtime_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    from fl_core import commands
-    from fl_core.finetune.cli_args import add_job_args
+    from secagg.fl_core import commands
+    from secagg.fl_core.finetune.cli_args import add_job_args
 
     serve = sub.add_parser("serve", help="run the aggregation server")
     commands.add_common_args(serve)
@@ -112,7 +112,7 @@ def _add_runtime_parsers(sub: argparse._SubParsersAction) -> None:  # type: igno
 
 
 def _run_runtime(ns: argparse.Namespace) -> int:
-    from fl_core import commands
+    from secagg.fl_core import commands
 
     if ns.dim is not None:  # the synthetic federation: its historic defaults
         ns.n = 8 if ns.n is None else ns.n
@@ -127,7 +127,7 @@ def _run_runtime(ns: argparse.Namespace) -> int:
         return commands.serve_main(ns, progress_stream=sys.stdout if ns.progress else None)
     if ns.command == "client":
         return commands.client_main(ns)
-    from fl_core.runner import run_main
+    from secagg.fl_core.runner import run_main
 
     return run_main(ns)
 
@@ -150,7 +150,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     keygen.add_argument("--ids", type=parse_ids, help="client ids, e.g. 1-20,25 (client only)")
     keygen.add_argument("--force", action="store_true", help="overwrite existing key files")
     _add_runtime_parsers(sub)
-    from fl_core.config_file import parse_with_config
+    from secagg.fl_core.config_file import parse_with_config
 
     ns = parse_with_config(ap, list(sys.argv[1:] if argv is None else argv))
     if ns.command in ("serve", "client", "run"):

@@ -13,10 +13,10 @@ start), which also stops it from ever answering a round id twice across restarts
 secret is ever written.
 
 ``update(round_id, global_state) -> vector`` provides the client's contribution (local
-training in issue 6; :func:`~fl_core.rounds.synthetic_update` by default).
+training in issue 6; :func:`secagg.fl_core.rounds.synthetic_update` by default).
 
 CKKS: a ``keys`` control message starts a key setup session
-(:class:`~protocols.keysetup.KeySetupClient`) under that round id; the epoch's secret context
+(:class:`secagg.protocols.keysetup.KeySetupClient`) under that round id; the epoch's secret context
 stays in memory only (never on disk) and is replaced by the next epoch's. The client decrypts
 each round's encrypted sum itself and adds the decoded mean to its own copy of the model (the
 server holds none); ``aggregates_file`` (optional) records, per round, the decoded sum and the
@@ -35,29 +35,37 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import numpy.typing as npt
 
-from fl_core.errors import EnvelopeError, TransportError
-from fl_core.keys import ClientKeys
-from fl_core.rounds import CONTROL, RoundStart, control_message, parse_control, synthetic_update
-from fl_core.transport import ClientTransport
-from protocols.config import SecAggConfig
-from protocols.encoding import Aggregate
-from protocols.epoch import EpochContext
-from protocols.errors import ProtocolError
-from protocols.harness import create_client
-from protocols.keysetup import KeySetupClient
-from protocols.participant import ClientBase
-from protocols.wire import encode
-from secagg.ckks import CkksSecretContext
+from secagg.fl_core.errors import EnvelopeError, TransportError
+from secagg.fl_core.keys import ClientKeys
+from secagg.fl_core.rounds import (
+    CONTROL,
+    RoundStart,
+    control_message,
+    parse_control,
+    synthetic_update,
+)
+from secagg.fl_core.transport import ClientTransport
+from secagg.protocols.config import SecAggConfig
+from secagg.protocols.encoding import Aggregate
+from secagg.protocols.epoch import EpochContext
+from secagg.protocols.errors import ProtocolError
+from secagg.protocols.harness import create_client
+from secagg.protocols.participant import ClientBase
+from secagg.protocols.wire import encode
 from secagg.sign import VerifyKey
+
+if TYPE_CHECKING:  # CKKS is an extra (TenSEAL)
+    from secagg.ckks import CkksSecretContext
+    from secagg.protocols.keysetup import KeySetupClient
 
 __all__ = ["ClientSettings", "UpdateFn", "run_client"]
 
-log = logging.getLogger("fl_core.client")
+log = logging.getLogger("secagg.fl_core.client")
 
 UpdateFn = Callable[[int, npt.NDArray[np.float64]], npt.NDArray[np.float64]]
 
@@ -142,6 +150,8 @@ class _Session:
             if not ectx.is_client(self.t.client_id):
                 return
             identity = self.keys.identity if (self.keys and ectx.config.active) else None
+            from secagg.protocols.keysetup import KeySetupClient  # CKKS: the ckks extra
+
             ks = KeySetupClient(ectx, self.t.client_id, identity=identity)
             msgs = [encode(m) for m in ks.start()]
             stage = int(head["first_stage"])

@@ -17,7 +17,7 @@ them when there are at least ``min_clients``, once no new client has connected f
 the dead, while a client that is reconnecting still gets in). The first draw of a server
 process waits for the full ``n`` up to ``join_timeout_s`` instead: clients started together
 can be seconds apart on a loaded machine, and the first cohort should have them all. The round's
-:class:`~protocols.config.SecAggConfig` is then rebuilt from the same arguments with ``n``
+:class:`secagg.protocols.config.SecAggConfig` is then rebuilt from the same arguments with ``n``
 replaced (:func:`round_config_args`), which re-derives ``k`` and the threshold by the Bell et
 al. rule or re-validates an explicit threshold.
 """
@@ -30,14 +30,14 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-from fl_core.errors import PeerUnreachable, TransportError
-from fl_core.rounds import CONTROL, control_message
-from fl_core.transport import ServerTransport
-from protocols.config import SecAggConfig
+from secagg.fl_core.errors import PeerUnreachable, TransportError
+from secagg.fl_core.rounds import CONTROL, control_message
+from secagg.fl_core.transport import ServerTransport
+from secagg.protocols.config import SecAggConfig
 
 __all__ = ["CohortSampler", "round_config_args"]
 
-log = logging.getLogger("fl_core.cohort")
+log = logging.getLogger("secagg.fl_core.cohort")
 
 
 def round_config_args(base_args: Mapping[str, Any], base: SecAggConfig,

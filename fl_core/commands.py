@@ -4,7 +4,7 @@ Security defaults: CurveZMQ with the ZAP allowlist of the key folder, and the pr
 active mode (messages signed with the identity keys bound to the Curve keys). ``--insecure``
 turns both off (passive protocol, no Curve) and says so loudly. CKKS (``ckks``,
 ``ckks+mask``) carries its dealer-free key setup over the transport (see
-:mod:`fl_core.driver`); the server holds only the keyless context and the encrypted sum.
+:mod:`secagg.fl_core.driver`); the server holds only the keyless context and the encrypted sum.
 """
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from fl_core.driver import DriverSettings
-from protocols.transitions import ServerStage
+from secagg.fl_core.driver import DriverSettings
+from secagg.protocols.transitions import ServerStage
 
 __all__ = ["add_client_args", "add_common_args", "add_serve_args", "client_main",
            "config_args", "serve_main"]
@@ -93,7 +93,7 @@ def add_client_args(p: argparse.ArgumentParser) -> None:
 
 
 def config_args(ns: argparse.Namespace) -> dict[str, Any]:
-    """The :class:`~protocols.config.SecAggConfig` arguments the flags ask for."""
+    """The :class:`secagg.protocols.config.SecAggConfig` arguments the flags ask for."""
     args: dict[str, Any] = {"protocol": ns.protocol, "n": ns.n}
     if ns.protocol != "plain":
         args["active"] = not ns.insecure
@@ -114,12 +114,12 @@ def _refuse_ckks(ns: argparse.Namespace) -> int | None:
 
 def serve_main(ns: argparse.Namespace, *, progress_stream: Any = None) -> int:
     """``secagg serve``; return the exit status (0: every round done)."""
-    from fl_core import keyfiles
-    from fl_core.checkpoint import CheckpointError
-    from fl_core.errors import FlCoreError
-    from fl_core.rounds import limits_for
-    from fl_core.server_app import ServerSettings, serve
-    from fl_core.transport import ServerTransport
+    from secagg.fl_core import keyfiles
+    from secagg.fl_core.checkpoint import CheckpointError
+    from secagg.fl_core.errors import FlCoreError
+    from secagg.fl_core.rounds import limits_for
+    from secagg.fl_core.server_app import ServerSettings, serve
+    from secagg.fl_core.transport import ServerTransport
 
     _logging(ns.verbose)
     if (code := _refuse_ckks(ns)) is not None:
@@ -132,7 +132,7 @@ def serve_main(ns: argparse.Namespace, *, progress_stream: Any = None) -> int:
 
     prep = None
     if ns.dim is None:
-        from fl_core.finetune.commands import prepare_from_args
+        from secagg.fl_core.finetune.commands import prepare_from_args
 
         if (prep := prepare_from_args(ns, "serve")) is None:
             return 2
@@ -160,7 +160,7 @@ def serve_main(ns: argparse.Namespace, *, progress_stream: Any = None) -> int:
         crash_after=ns.crash_after)
     task = None
     if prep is not None:
-        from fl_core.finetune.commands import server_task_for
+        from secagg.fl_core.finetune.commands import server_task_for
 
         task = server_task_for(prep, emit)
     emit({"event": "listening", "endpoint": transport.endpoint})
@@ -172,7 +172,7 @@ def serve_main(ns: argparse.Namespace, *, progress_stream: Any = None) -> int:
             print(f"secagg serve: {exc}", file=sys.stderr)
             return 2
     if prep is not None and task is not None:
-        from fl_core.finetune.commands import finish_server
+        from secagg.fl_core.finetune.commands import finish_server
 
         finish_server(prep, task, ckpt, ns.json_path, emit)
     emit({"event": "done", "step": ckpt.step})
@@ -184,18 +184,18 @@ def serve_main(ns: argparse.Namespace, *, progress_stream: Any = None) -> int:
 
 def client_main(ns: argparse.Namespace) -> int:
     """``secagg client``; return the exit status."""
-    from fl_core import keyfiles
-    from fl_core.client_app import ClientSettings, run_client
-    from fl_core.errors import FlCoreError, TransportError
-    from fl_core.rounds import limits_for
-    from fl_core.transport import ClientTransport
+    from secagg.fl_core import keyfiles
+    from secagg.fl_core.client_app import ClientSettings, run_client
+    from secagg.fl_core.errors import FlCoreError, TransportError
+    from secagg.fl_core.rounds import limits_for
+    from secagg.fl_core.transport import ClientTransport
 
     _logging(ns.verbose)
     if (code := _refuse_ckks(ns)) is not None:
         return code
     update = None
     if ns.dim is None:
-        from fl_core.finetune.commands import client_task_from_args, prepare_from_args
+        from secagg.fl_core.finetune.commands import client_task_from_args, prepare_from_args
 
         if (prep := prepare_from_args(ns, f"client {ns.client_id}")) is None:
             return 2

@@ -6,10 +6,10 @@ sends what that returns. A deadline thus reaches the protocol as the input "thes
 missing". Late (other stage), duplicate, out-of-round and replayed (earlier round) messages
 are refused by the transport's round filter or by the protocol, logged and counted, and the
 round goes on. A round completes when the protocol completes (at least the threshold
-survived); a :class:`~protocols.errors.ProtocolError` from ``close_stage`` aborts it with a
+survived); a :class:`secagg.protocols.errors.ProtocolError` from ``close_stage`` aborts it with a
 clear message, and the caller starts the next one.
 
-Client sampling (:mod:`fl_core.cohort`): each round samples ``n`` of the live, allowlisted
+Client sampling (:mod:`secagg.fl_core.cohort`): each round samples ``n`` of the live, allowlisted
 clients with the operating system's CSPRNG (:class:`random.SystemRandom`), so no one can
 predict or steer a cohort. Only clients that have said hello and whose connection libzmq still
 holds (checked by a ping before each draw) are eligible. With ``min_clients`` a round takes
@@ -18,12 +18,12 @@ that ``n`` (threshold re-derived or re-validated; a config that does not validat
 round does not start). :attr:`RoundOutcome.threshold` is the round's protocol threshold: a
 round that completes had at least that many survivors. No protocol logic lives here.
 
-CKKS (``ckks``, ``ckks+mask``): the dealer-free key setup (:mod:`protocols.keysetup`) is its
+CKKS (``ckks``, ``ckks+mask``): the dealer-free key setup (:mod:`secagg.protocols.keysetup`) is its
 own sans-IO session, driven by the same stage loop as a round and announced by a ``keys``
 control message. It runs before the first round and again (a new epoch) whenever the
 connected members change or a sampled client holds no key of the epoch; it shares the round's
 envelope round id (its stages ``advertise``/``distribute``/``confirm`` have their own stage
-numbers). The server relays opaque bytes and keeps only :class:`~protocols.keysetup.EpochKeys`
+numbers). The server relays opaque bytes and keeps only :class:`secagg.protocols.keysetup.EpochKeys`
 (the keyless public context). A CKKS round ends with the *encrypted* sum: the driver returns
 it (``RoundOutcome.encrypted``) and never sees a plaintext aggregate; the clients decrypt.
 """
@@ -35,29 +35,31 @@ import time
 from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import numpy.typing as npt
 
-from fl_core.cohort import CohortSampler, round_config_args
-from fl_core.errors import PeerUnreachable, TransportError
-from fl_core.rounds import CONTROL, RoundStart, control_message, stage_number
-from fl_core.transport import ServerTransport
-from protocols.config import SecAggConfig
-from protocols.context import RoundContext
-from protocols.epoch import EpochContext
-from protocols.errors import ConfigError, ProtocolError
-from protocols.harness import create_server
-from protocols.keysetup import EpochKeys, KeySetupServer
-from protocols.messages import Message
-from protocols.participant import ServerBase
-from protocols.transitions import ServerStage
-from protocols.wire import encode
+from secagg.fl_core.cohort import CohortSampler, round_config_args
+from secagg.fl_core.errors import PeerUnreachable, TransportError
+from secagg.fl_core.rounds import CONTROL, RoundStart, control_message, stage_number
+from secagg.fl_core.transport import ServerTransport
+from secagg.protocols.config import SecAggConfig
+from secagg.protocols.context import RoundContext
+from secagg.protocols.epoch import EpochContext
+from secagg.protocols.errors import ConfigError, ProtocolError
+from secagg.protocols.harness import create_server
+from secagg.protocols.messages import Message
+from secagg.protocols.participant import ServerBase
+from secagg.protocols.transitions import ServerStage
+from secagg.protocols.wire import encode
+
+if TYPE_CHECKING:  # CKKS is an extra (TenSEAL)
+    from secagg.protocols.keysetup import EpochKeys
 
 __all__ = ["DriverSettings", "RoundDriver", "RoundOutcome"]
 
-log = logging.getLogger("fl_core.driver")
+log = logging.getLogger("secagg.fl_core.driver")
 
 
 @dataclass(frozen=True)
@@ -67,7 +69,7 @@ class DriverSettings:
     or ``min_clients`` when set) before a round aborts. ``min_clients``: a round may run with
     fewer than ``n`` live clients, down to this many (None: exactly ``n``), once no new
     client has connected for ``refill_wait_s`` (the first round waits for ``n`` up to
-    ``join_timeout_s``; see :class:`~fl_core.cohort.CohortSampler`)."""
+    ``join_timeout_s``; see :class:`secagg.fl_core.cohort.CohortSampler`)."""
 
     deadline_s: float = 10.0
     stage_deadlines: Mapping[str, float] = field(default_factory=dict)
@@ -252,6 +254,8 @@ class RoundDriver:
         vks = self._verify_keys(ids)
         ectx = EpochContext(config=self.config, epoch=self._epoch, client_ids=ids,
                             verify_keys=vks)
+        from secagg.protocols.keysetup import KeySetupServer  # CKKS: the ckks extra
+
         server = KeySetupServer(ectx)
         self.epoch_keys = None
         announce = control_message(

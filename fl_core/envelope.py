@@ -11,7 +11,7 @@ The payload is its own frame so a large masked vector or ciphertext is sent zero
 received as a view on ZeroMQ's buffer, never re-assembled. The header says how long the
 payload must be, so a truncated or padded payload is caught before anyone parses it.
 :func:`decode_header` and :func:`check_frames` accept only exactly this; anything else raises
-:class:`~fl_core.errors.EnvelopeError` and nothing is allocated in proportion to a length a
+:class:`secagg.fl_core.errors.EnvelopeError` and nothing is allocated in proportion to a length a
 peer claims.
 """
 
@@ -22,8 +22,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Final
 
-from fl_core.errors import EnvelopeError
-from protocols.context import MAX_CLIENT_ID, MAX_ROUND_ID
+from secagg.fl_core.errors import EnvelopeError
+from secagg.protocols.context import MAX_CLIENT_ID, MAX_ROUND_ID
 
 __all__ = [
     "ENVELOPE_VERSION",

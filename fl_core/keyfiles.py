@@ -23,8 +23,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Final
 
-from fl_core.errors import InsecureKeyFile, KeyBindingError, KeyFileError, KeyFileExists
-from fl_core.keys import (
+from secagg.fl_core.errors import InsecureKeyFile, KeyBindingError, KeyFileError, KeyFileExists
+from secagg.fl_core.keys import (
     Allowlist,
     ClientCard,
     ClientKeys,

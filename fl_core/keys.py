@@ -8,7 +8,7 @@ signs ``label || client id || Curve public key || identity public key``, and the
 accepted, which client id and which signature key stand behind it, and a client cannot present
 one party's Curve key with another party's identity.
 
-Key files live in :mod:`fl_core.keyfiles`.
+Key files live in :mod:`secagg.fl_core.keyfiles`.
 """
 
 from __future__ import annotations
@@ -21,9 +21,9 @@ from typing import Final
 import zmq
 from zmq.utils import z85
 
-from fl_core.errors import KeyBindingError, KeyFileError
-from protocols.context import MAX_CLIENT_ID
 from secagg.errors import InvalidKeyError
+from secagg.fl_core.errors import KeyBindingError, KeyFileError
+from secagg.protocols.context import MAX_CLIENT_ID
 from secagg.sign import SigningKey, VerifyKey
 
 __all__ = [

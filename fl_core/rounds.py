@@ -3,13 +3,13 @@ messages (round start, goodbye), the transport limits of a round, and a syntheti
 
 Envelope stages: ``0`` is the control channel (client hellos and heartbeats, the server's
 round start and goodbye); protocol stages are numbered ``1 + index`` in
-:class:`~protocols.transitions.ServerStage`, the stage the server is collecting when the
+:class:`secagg.protocols.transitions.ServerStage`, the stage the server is collecting when the
 message is sent. No protocol logic here: the protocol's bytes ride opaquely.
 
 A round start is ``u32 header length | JSON header | float64 global state`` (the state may be
 absent: ``"state": false`` in the header, under CKKS or with ``--no-state-broadcast``). The header
 carries everything public the client needs to build the same
-:class:`~protocols.context.RoundContext` as the server: the config's constructor arguments
+:class:`secagg.protocols.context.RoundContext` as the server: the config's constructor arguments
 (both sides derive the rest identically; the context digest binds them), round id, dim,
 sampled ids and, in active mode, the sampled clients' Ed25519 verify keys from the server's
 allowlist (each bound to its Curve key by a signature checked when the allowlist loaded).
@@ -26,11 +26,11 @@ from typing import Any, Final
 import numpy as np
 import numpy.typing as npt
 
-from fl_core.errors import EnvelopeError
-from fl_core.transport import TransportLimits
-from protocols.config import SecAggConfig
-from protocols.context import RoundContext
-from protocols.transitions import ServerStage
+from secagg.fl_core.errors import EnvelopeError
+from secagg.fl_core.transport import TransportLimits
+from secagg.protocols.config import SecAggConfig
+from secagg.protocols.context import RoundContext
+from secagg.protocols.transitions import ServerStage
 from secagg.sign import VerifyKey
 
 __all__ = [

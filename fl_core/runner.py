@@ -1,12 +1,12 @@
 """``secagg run``: a server and N clients as separate OS processes on localhost.
 
-The server runs as ``python -m fl_core.cli serve --progress`` and reports JSON lines on its
+The server runs as ``python -m secagg.fl_core.cli serve --progress`` and reports JSON lines on its
 stdout (listening endpoint, stage changes, round summaries); this process starts the clients
 once the server listens, renders progress with rich (round, stage, survivors, bytes,
 seconds), and waits for everyone with bounded timeouts. Without ``--insecure`` it writes key
 files into ``--keys`` first if that folder has none.
 
-Without ``--dim`` it runs a fine-tuning job (:mod:`fl_core.finetune`): it writes the job file
+Without ``--dim`` it runs a fine-tuning job (:mod:`secagg.fl_core.finetune`): it writes the job file
 next to the checkpoint, starts ``num_clients`` clients on it (each with a stats file), shows
 accuracy and epsilon as rounds finish, and adds the time split (training / protocol compute /
 the rest: transport, waiting, server) to the ``--json`` summary.
@@ -35,11 +35,11 @@ from rich.table import Table
 
 __all__ = ["run_main"]
 
-_PY = [sys.executable, "-m", "fl_core.cli"]
+_PY = [sys.executable, "-m", "secagg.fl_core.cli"]
 
 
 def _ensure_keys(folder: Path, n: int) -> None:
-    from fl_core import keyfiles, keys
+    from secagg.fl_core import keyfiles, keys
 
     folder.mkdir(mode=0o700, parents=True, exist_ok=True)
     if not keyfiles.server_paths(folder)[1].exists():
@@ -159,8 +159,8 @@ def _follow(server: subprocess.Popen[str], ns: argparse.Namespace, console: Cons
 
 def _prepare_job(ns: argparse.Namespace) -> int | None:
     """Job mode: write the job file next to the checkpoint and default the cohort/deadlines."""
-    from fl_core.finetune.cli_args import job_from_args
-    from fl_core.finetune.job import JobError
+    from secagg.fl_core.finetune.cli_args import job_from_args
+    from secagg.fl_core.finetune.job import JobError
 
     try:
         job = job_from_args(ns, rounds=ns.rounds)
@@ -211,7 +211,7 @@ def run_main(ns: argparse.Namespace) -> int:
                 p.kill()
                 p.wait(timeout=5)
     if ns.dim is None:
-        from fl_core.finetune.report import finish_run
+        from secagg.fl_core.finetune.report import finish_run
 
         finish_run(ns, console, [_stats_path(ns, c) for c in range(1, ns.population + 1)])
     return code

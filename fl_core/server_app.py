@@ -1,18 +1,18 @@
 """The server loop: rounds over a transport, the global state, checkpoints, summaries.
 
 The global state is a float64 vector whose meaning belongs to a
-:class:`~fl_core.tasks.ServerTask`: the synthetic federation's :class:`~fl_core.tasks.FedAvgTask`
-adds the survivors' mean update; the fine-tuning job's task holds adapter weights, takes a DP
-Adam step and keeps the privacy accountant. Per round: reserve the round id in the checkpoint,
-run the round (:class:`~fl_core.driver.RoundDriver`), apply it (the task), checkpoint the state
-with the task's state in one atomic write, report. ``rounds`` counts *completed* steps: an
-aborted round does not count, and the loop gives up after ``max_aborts`` aborts in a row or
-when the task says stop (a spent privacy budget).
+:class:`secagg.fl_core.tasks.ServerTask`: the synthetic federation's
+:class:`secagg.fl_core.tasks.FedAvgTask` adds the survivors' mean update; the fine-tuning job's task
+holds adapter weights, takes a DP Adam step and keeps the privacy accountant. Per round: reserve the
+round id in the checkpoint, run the round (:class:`secagg.fl_core.driver.RoundDriver`), apply it
+(the task), checkpoint the state with the task's state in one atomic write, report. ``rounds``
+counts *completed* steps: an aborted round does not count, and the loop gives up after
+``max_aborts`` aborts in a row or when the task says stop (a spent privacy budget).
 
 CKKS: the server holds no key and never sees a plaintext aggregate. Its plaintext state stays
 zero (a round counts as a step, adding nothing); the round's *encrypted* sum is its state,
 written atomically next to the checkpoint (``<checkpoint>.encsum``: the wire bytes of the
-:class:`~protocols.messages.EncryptedSum`) before the checkpoint that records the step. The
+:class:`secagg.protocols.messages.EncryptedSum`) before the checkpoint that records the step. The
 clients decrypt it and each applies the decoded mean to its own copy of the model; clients do
 not report the mean back (that would hand the server the very plaintext CKKS keeps from it).
 ``broadcast_state=False`` (``--no-state-broadcast``) leaves the float64 state out of round
@@ -31,14 +31,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from fl_core.checkpoint import Checkpoint, resume, write_atomic
-from fl_core.driver import DriverSettings, RoundDriver, RoundOutcome
-from fl_core.tasks import FedAvgTask, ServerTask
-from fl_core.transport import ServerTransport
+from secagg.fl_core.checkpoint import Checkpoint, resume, write_atomic
+from secagg.fl_core.driver import DriverSettings, RoundDriver, RoundOutcome
+from secagg.fl_core.tasks import FedAvgTask, ServerTask
+from secagg.fl_core.transport import ServerTransport
 
 __all__ = ["ServerSettings", "encsum_path", "serve"]
 
-log = logging.getLogger("fl_core.server")
+log = logging.getLogger("secagg.fl_core.server")
 
 
 @dataclass
@@ -109,7 +109,7 @@ def serve(transport: ServerTransport, settings: ServerSettings,
           progress: Callable[[dict[str, Any]], None] | None = None,
           task: ServerTask | None = None) -> Checkpoint:
     """Run until ``settings.rounds`` steps are applied (or too many aborts in a row, or the
-    task says stop); ``task`` defaults to :class:`~fl_core.tasks.FedAvgTask`.
+    task says stop); ``task`` defaults to :class:`secagg.fl_core.tasks.FedAvgTask`.
 
     Raises:
         CheckpointError: ``--resume`` with an unreadable checkpoint.

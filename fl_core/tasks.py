@@ -1,6 +1,6 @@
 """What the server does with a round's aggregate: the :class:`ServerTask` interface.
 
-:func:`fl_core.server_app.serve` owns rounds, checkpoints and crash safety; a task owns the
+:func:`secagg.fl_core.server_app.serve` owns rounds, checkpoints and crash safety; a task owns the
 meaning of the global state: its initial value, how an aggregate changes it (FedAvg, a DP-SGD
 Adam step), what a round reports (epsilon spent, accuracy), when to stop (a privacy budget),
 and its own state, checkpointed with the model in one atomic write so a resumed server
@@ -14,7 +14,7 @@ from typing import Any, Protocol
 import numpy as np
 import numpy.typing as npt
 
-from fl_core.driver import RoundOutcome
+from secagg.fl_core.driver import RoundOutcome
 
 __all__ = ["FedAvgTask", "ServerTask"]
 

@@ -6,13 +6,13 @@ requests) and receive from all of them on one socket, fair-queued, without a req
 lock-step; clients talk only to the server. ROUTER/DEALER is the asynchronous pattern that
 gives exactly that.
 
-Security (on unless ``insecure=True``): CurveZMQ encrypts and authenticates every connection.
-The server runs a ZAP authenticator (:class:`zmq.auth.thread.ThreadAuthenticator`) that admits
-only Curve public keys on its :class:`~fl_core.keys.Allowlist`; a connection with any other key
-fails the handshake and never delivers a byte. The authenticator reports the accepted key as
-the connection's ``User-Id``, which libzmq attaches to every message it delivers; the server
-maps it to the allowlisted client id and drops any envelope whose ``sender`` field claims
-another id. The sender a caller sees is therefore the authenticated one, never the claim, and
+Security (on unless ``insecure=True``): CurveZMQ encrypts and authenticates every connection. The
+server runs a ZAP authenticator (:class:`zmq.auth.thread.ThreadAuthenticator`) that admits only
+Curve public keys on its :class:`secagg.fl_core.keys.Allowlist`; a connection with any other key
+fails the handshake and never delivers a byte. The authenticator reports the accepted key as the
+connection's ``User-Id``, which libzmq attaches to every message it delivers; the server maps it to
+the allowlisted client id and drops any envelope whose ``sender`` field claims another id. The
+sender a caller sees is therefore the authenticated one, never the claim, and
 :attr:`ServerTransport.allowlist` gives the Ed25519 identity key bound to it.
 
 Hostile input: ``ZMQ_MAXMSGSIZE`` makes libzmq close a connection as soon as a frame's length
@@ -35,8 +35,8 @@ from typing import Final
 import zmq
 from zmq.auth.thread import ThreadAuthenticator
 
-from fl_core._endpoint import INSECURE_BANNER, Endpoint, log
-from fl_core._transport_common import (
+from secagg.fl_core._endpoint import INSECURE_BANNER, Endpoint, log
+from secagg.fl_core._transport_common import (
     DropReason,
     Inbound,
     SocketOptions,
@@ -46,15 +46,15 @@ from fl_core._transport_common import (
     recv_frames,
     remaining_ms,
 )
-from fl_core.envelope import SERVER_SENDER, Envelope
-from fl_core.errors import (
+from secagg.fl_core.envelope import SERVER_SENDER, Envelope
+from secagg.fl_core.errors import (
     AuthenticationRejected,
     HandshakeFailed,
     PeerUnreachable,
     TransportError,
     TransportTimeout,
 )
-from fl_core.keys import Allowlist, CurveKeyPair, check_curve_key
+from secagg.fl_core.keys import Allowlist, CurveKeyPair, check_curve_key
 
 __all__ = [
     "ZAP_DOMAIN",
@@ -136,7 +136,8 @@ class ServerTransport(Endpoint):
     def _start_curve(self, keys: CurveKeyPair, allowlist: Allowlist) -> None:
         # The authenticator must be listening before the socket binds: a CURVE socket with no
         # ZAP handler in its context admits every key.
-        self._auth = ThreadAuthenticator(self._ctx, log=logging.getLogger("fl_core.transport.zap"))
+        self._auth = ThreadAuthenticator(
+            self._ctx, log=logging.getLogger("secagg.fl_core.transport.zap"))
         self._auth.start()
         self._auth.configure_curve_callback(ZAP_DOMAIN, credentials_provider=_AllowlistProvider(
             allowlist))

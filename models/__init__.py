@@ -23,8 +23,8 @@ same spec digest and start vector), each proposes a vector, SecAgg+ sums them, a
 loads the mean. ``protocols`` is imported by the example, never by this package.
 
 >>> import numpy as np
->>> from models import AdapterConfig, TaskKind, build_model
->>> from protocols import SecAggConfig, run_round
+>>> from secagg.models import AdapterConfig, TaskKind, build_model
+>>> from secagg.protocols import SecAggConfig, run_round
 >>> parties = {cid: build_model("minilm", task=TaskKind.CLASSIFICATION, num_labels=2,
 ...                             adapter=AdapterConfig.lora(r=4), init_seed=0)
 ...            for cid in (1, 2, 3)}
@@ -45,8 +45,8 @@ Submodules import torch, transformers and peft; this package never imports ``fl_
 ``protocols`` or ``zmq``.
 """
 
-from models.adapted import AdaptedModel, build_model, weights_sha256
-from models.adapters import (
+from secagg.models.adapted import AdaptedModel, build_model, weights_sha256
+from secagg.models.adapters import (
     CODECS,
     AdapterCodec,
     AdapterConfig,
@@ -56,10 +56,10 @@ from models.adapters import (
     get_codec,
     lora_targets,
 )
-from models.assets import cache_dir, gguf_to_folder, minilm_folder, package_dir, smollm2_gguf
-from models.batching import IGNORE_INDEX, make_batch
-from models.client_batch import client_updates
-from models.corpora import (
+from secagg.models.assets import cache_dir, gguf_to_folder, minilm_folder, package_dir, smollm2_gguf
+from secagg.models.batching import IGNORE_INDEX, make_batch
+from secagg.models.client_batch import client_updates
+from secagg.models.corpora import (
     PACKAGED_DATASETS,
     chatterbot,
     drug_reviews,
@@ -68,7 +68,7 @@ from models.corpora import (
     trec,
     vader,
 )
-from models.data import (
+from secagg.models.data import (
     ClassificationData,
     Dataset,
     InstructionData,
@@ -77,10 +77,10 @@ from models.data import (
     load_jsonl,
     train_test_split,
 )
-from models.device import autocast, resolve_device
-from models.dp_grad import ClippedSum, clipped_grad_sum, poisson_indices
-from models.dp_train import DpSgdConfig, train_local_dp
-from models.errors import (
+from secagg.models.device import autocast, resolve_device
+from secagg.models.dp_grad import ClippedSum, clipped_grad_sum, poisson_indices
+from secagg.models.dp_train import DpSgdConfig, train_local_dp
+from secagg.models.errors import (
     AdapterConfigError,
     AssetNotFoundError,
     DataFormatError,
@@ -95,10 +95,17 @@ from models.errors import (
     UnsupportedModelError,
     VectorLengthError,
 )
-from models.loading import MODEL_ALIASES, LoadedModel, TaskKind, load_model, resolve_source
-from models.paramspec import ParamSpec, TensorSpec
-from models.partition import dirichlet_partition, iid_partition, label_histograms, label_skew
-from models.train import EvalResult, TrainConfig, TrainResult, evaluate, macro_f1, train_local
+from secagg.models.loading import MODEL_ALIASES, LoadedModel, TaskKind, load_model, resolve_source
+from secagg.models.paramspec import ParamSpec, TensorSpec
+from secagg.models.partition import dirichlet_partition, iid_partition, label_histograms, label_skew
+from secagg.models.train import (
+    EvalResult,
+    TrainConfig,
+    TrainResult,
+    evaluate,
+    macro_f1,
+    train_local,
+)
 
 __all__ = [
     "CODECS",

@@ -2,7 +2,7 @@
 
 :func:`build_model` is the one call a client or server makes: load the model offline, apply
 the adapter (initialised under ``init_seed``, so every party starts from identical weights),
-and derive the :class:`~models.paramspec.ParamSpec` whose digest all parties compare before
+and derive the :class:`secagg.models.paramspec.ParamSpec` whose digest all parties compare before
 round 1. The digest covers the layout, the task, the adapter configuration, the seed and (by
 default) a SHA-256 of the loaded base weights, so two parties holding different pretrained
 weights (e.g. a 4-bit GGUF and the original checkpoint) disagree at once.
@@ -21,9 +21,9 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
-from models.adapters import AdapterCodec, AdapterConfig, get_codec
-from models.loading import TaskKind, load_model
-from models.paramspec import ParamSpec
+from secagg.models.adapters import AdapterCodec, AdapterConfig, get_codec
+from secagg.models.loading import TaskKind, load_model
+from secagg.models.paramspec import ParamSpec
 
 __all__ = ["AdaptedModel", "build_model", "weights_sha256"]
 
@@ -117,7 +117,7 @@ def build_model(
 
     Raises:
         TypeError: ``init_seed`` is not an int, or ``task``/``adapter`` have wrong types.
-        AssetNotFoundError, UnsupportedModelError: see :func:`models.loading.load_model`
+        AssetNotFoundError, UnsupportedModelError: see :func:`secagg.models.loading.load_model`
             and :meth:`AdapterCodec.wrap`.
     """
     if not isinstance(init_seed, int) or isinstance(init_seed, bool):

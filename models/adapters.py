@@ -3,7 +3,7 @@
 A codec wraps a loaded model for training, reads the trainable weights as a state dict and
 writes them back **strictly**. PEFT's ``set_peft_model_state_dict`` loads leniently (it
 reports missing and unexpected keys but does not refuse them), so the PEFT codec checks the
-keys against the agreed :class:`~models.paramspec.ParamSpec` first, inspects the keys PEFT
+keys against the agreed :class:`secagg.models.paramspec.ParamSpec` first, inspects the keys PEFT
 reports, and finally reads the weights back to prove every value was written.
 
 Codecs are stateless and kept in a registry keyed by :class:`AdapterKind`.
@@ -32,15 +32,15 @@ from peft import (
 )
 from peft.utils.constants import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING
 
-from models.errors import (
+from secagg.models.errors import (
     AdapterConfigError,
     MissingKeysError,
     ParamSpecError,
     UnexpectedKeysError,
     UnsupportedModelError,
 )
-from models.loading import LoadedModel, TaskKind
-from models.paramspec import ParamSpec
+from secagg.models.loading import LoadedModel, TaskKind
+from secagg.models.paramspec import ParamSpec
 
 __all__ = [
     "CODECS",

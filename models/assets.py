@@ -21,7 +21,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from models.errors import AssetNotFoundError, UnsupportedModelError
+from secagg.models.errors import AssetNotFoundError, UnsupportedModelError
 
 __all__ = [
     "MINILM_PACKAGE",

@@ -16,7 +16,7 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
-from models.data import ClassificationData, Dataset, InstructionData
+from secagg.models.data import ClassificationData, Dataset, InstructionData
 
 __all__ = ["IGNORE_INDEX", "classification_batch", "instruction_batch", "make_batch"]
 

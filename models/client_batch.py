@@ -3,7 +3,7 @@
 :func:`client_updates` stacks one copy of the trainable weights per client and runs
 ``torch.func.vmap(grad(loss))`` over the clients through ``functional_call``: one batched
 forward/backward per local step for all clients of a group, instead of a Python loop of
-:func:`models.train.train_local` calls. Base weights are shared, never copied.
+:func:`secagg.models.train.train_local` calls. Base weights are shared, never copied.
 
 Batches: client ``c`` (0-based position in ``client_data``) walks the same index stream as
 ``train_local(..., seed=seed + c)``: consecutive permutations of its examples from
@@ -31,15 +31,15 @@ import torch.nn.functional as F
 from numpy.typing import NDArray
 from torch.func import functional_call, grad, vmap
 
-from models.adapted import AdaptedModel
-from models.adapters import AdapterKind
-from models.batching import make_batch
-from models.data import Dataset
-from models.device import resolve_device
-from models.dp_grad import trainables
-from models.errors import AdapterConfigError, DataFormatError
-from models.loading import TaskKind
-from models.train import _check_data, _gc_paused, _index_stream
+from secagg.models.adapted import AdaptedModel
+from secagg.models.adapters import AdapterKind
+from secagg.models.batching import make_batch
+from secagg.models.data import Dataset
+from secagg.models.device import resolve_device
+from secagg.models.dp_grad import trainables
+from secagg.models.errors import AdapterConfigError, DataFormatError
+from secagg.models.loading import TaskKind
+from secagg.models.train import _check_data, _gc_paused, _index_stream
 
 __all__ = ["client_updates"]
 

@@ -35,9 +35,9 @@ from typing import Literal
 
 import numpy as np
 
-from models.assets import package_file
-from models.data import ClassificationData, Dataset, InstructionData, make_labels
-from models.errors import AssetNotFoundError, DataFormatError
+from secagg.models.assets import package_file
+from secagg.models.data import ClassificationData, Dataset, InstructionData, make_labels
+from secagg.models.errors import AssetNotFoundError, DataFormatError
 
 __all__ = [
     "PACKAGED_DATASETS",

@@ -8,7 +8,7 @@ Two shapes of data:
 
 User files hold one example per row/line with columns ``text,label`` (classification) or
 ``prompt,response`` and an optional ``label`` (instruction tuning). Malformed files raise
-:class:`~models.errors.DataFormatError` naming the file and line.
+:class:`secagg.models.errors.DataFormatError` naming the file and line.
 """
 
 from __future__ import annotations
@@ -23,8 +23,8 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from models.errors import AssetNotFoundError, DataFormatError, PartitionError
-from models.loading import TaskKind
+from secagg.models.errors import AssetNotFoundError, DataFormatError, PartitionError
+from secagg.models.loading import TaskKind
 
 __all__ = [
     "ClassificationData",

@@ -30,12 +30,12 @@ import torch
 import torch.nn.functional as F
 from numpy.typing import NDArray
 
-from models.adapted import AdaptedModel
-from models.batching import IGNORE_INDEX, make_batch
-from models.data import Dataset
-from models.device import resolve_device
-from models.loading import TaskKind
-from models.train import _check_data, _gc_paused
+from secagg.models.adapted import AdaptedModel
+from secagg.models.batching import IGNORE_INDEX, make_batch
+from secagg.models.data import Dataset
+from secagg.models.device import resolve_device
+from secagg.models.loading import TaskKind
+from secagg.models.train import _check_data, _gc_paused
 
 __all__ = ["ClippedSum", "clipped_grad_sum", "per_example_loss", "poisson_indices", "trainables"]
 

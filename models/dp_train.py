@@ -2,7 +2,7 @@
 
 Each step follows Abadi et al. with Poisson sampling: every example joins the batch
 independently with probability q; the per-example gradients are clipped to L2 norm C and
-summed (:func:`models.dp_grad.clipped_grad_sum`), Gaussian noise of std ``noise_std`` (=
+summed (:func:`secagg.models.dp_grad.clipped_grad_sum`), Gaussian noise of std ``noise_std`` (=
 sigma * C) is added, and the sum is divided by the *expected* batch size q * n (a public
 constant, so the division leaks nothing about the sampled batch size). The optimizer then
 steps the trainable weights.
@@ -22,12 +22,12 @@ import numpy as np
 import torch
 from numpy.typing import NDArray
 
-from models.adapted import AdaptedModel
-from models.data import Dataset
-from models.device import resolve_device
-from models.dp_grad import clipped_grad_sum, poisson_indices, trainables
-from models.errors import AdapterConfigError
-from models.train import TrainResult, _check_data
+from secagg.models.adapted import AdaptedModel
+from secagg.models.data import Dataset
+from secagg.models.device import resolve_device
+from secagg.models.dp_grad import clipped_grad_sum, poisson_indices, trainables
+from secagg.models.errors import AdapterConfigError
+from secagg.models.train import TrainResult, _check_data
 
 __all__ = ["DpSgdConfig", "train_local_dp"]
 

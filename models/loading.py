@@ -2,7 +2,7 @@
 
 A source is an alias of a packaged model (``"minilm"``, ``"smollm2"``), a local Hugging
 Face folder (one holding ``config.json``) or a local ``.gguf`` file (converted once into the
-user cache, see :func:`models.assets.gguf_to_folder`). Every ``from_pretrained`` call passes
+user cache, see :func:`secagg.models.assets.gguf_to_folder`). Every ``from_pretrained`` call passes
 ``local_files_only=True``: nothing is ever fetched from a hub.
 """
 
@@ -23,8 +23,8 @@ from transformers import (
     PreTrainedModel,
 )
 
-from models.assets import gguf_to_folder, minilm_folder, smollm2_gguf
-from models.errors import AssetNotFoundError, UnsupportedModelError
+from secagg.models.assets import gguf_to_folder, minilm_folder, smollm2_gguf
+from secagg.models.errors import AssetNotFoundError, UnsupportedModelError
 
 __all__ = ["MODEL_ALIASES", "LoadedModel", "TaskKind", "load_model", "resolve_source"]
 

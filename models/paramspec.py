@@ -22,7 +22,7 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
-from models.errors import (
+from secagg.models.errors import (
     DtypeMismatchError,
     MissingKeysError,
     ParamSpecError,

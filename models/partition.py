@@ -17,7 +17,7 @@ from collections.abc import Sequence
 import numpy as np
 import numpy.typing as npt
 
-from models.errors import PartitionError
+from secagg.models.errors import PartitionError
 
 __all__ = ["dirichlet_partition", "iid_partition", "label_histograms", "label_skew"]
 

@@ -26,12 +26,12 @@ import numpy.typing as npt
 import torch
 import torch.nn.functional as F
 
-from models.adapted import AdaptedModel
-from models.batching import IGNORE_INDEX, make_batch
-from models.data import Dataset
-from models.device import autocast, resolve_device
-from models.errors import AdapterConfigError, DataFormatError
-from models.loading import TaskKind
+from secagg.models.adapted import AdaptedModel
+from secagg.models.batching import IGNORE_INDEX, make_batch
+from secagg.models.data import Dataset
+from secagg.models.device import autocast, resolve_device
+from secagg.models.errors import AdapterConfigError, DataFormatError
+from secagg.models.loading import TaskKind
 
 __all__ = ["EvalResult", "TrainConfig", "TrainResult", "evaluate", "macro_f1", "train_local"]
 

@@ -16,7 +16,7 @@ The import surface (``__all__``):
   :class:`CkksClient`, :class:`CkksServer`, :class:`CkksMaskClient`, :class:`CkksMaskServer`,
   :class:`PlainClient`, :class:`PlainServer`, :class:`KeySetupClient`,
   :class:`KeySetupServer`), their stages (:class:`ClientStage`, :class:`ServerStage`) and
-  the one codec, :mod:`protocols.wire` (``wire.encode(msg)`` / ``wire.decode(data)``);
+  the one codec, :mod:`secagg.protocols.wire` (``wire.encode(msg)`` / ``wire.decode(data)``);
 - errors: :class:`ProtocolError` > :class:`LocalProtocolError` (> :class:`InputError`,
   :class:`ConfigError`), :class:`RemoteProtocolError`, :class:`ThresholdError`.
 
@@ -26,7 +26,7 @@ Configure SecAgg+ for 20 clients; ``k`` and ``threshold`` follow Bell et al.'s b
 ``sigma=40``, ``eta=30`` for the default 10% dropout and 5% corruption rates:
 
 >>> import numpy as np
->>> from protocols import SecAggConfig, ThresholdError, run_round
+>>> from secagg.protocols import SecAggConfig, ThresholdError, run_round
 >>> cfg = SecAggConfig(protocol="secagg+", n=20)
 >>> cfg.k, cfg.threshold, cfg.bits, cfg.scale
 (8, 6, 22, 16)
@@ -51,7 +51,7 @@ Below the threshold the round aborts with a typed error instead of revealing any
 >>> run_round(small, {i: np.zeros(2) for i in range(5)}, drop={"masked_input": {0, 1}})
 Traceback (most recent call last):
     ...
-protocols.errors.ThresholdError: only 3 clients completed masked_input, need 4
+secagg.protocols.errors.ThresholdError: only 3 clients completed masked_input, need 4
 
 CKKS with masking: the first round runs the dealer-free key setup; later rounds of the same
 key epoch reuse ``res.keys``:
@@ -66,16 +66,16 @@ key epoch reuse ``res.keys``:
 (6, True)
 """
 
-from protocols import errors, labels, wire
-from protocols.ckks_harness import CkksKeyring, KeySetupResult, setup_keys
-from protocols.ckks_mask import CkksMaskClient, CkksMaskServer
-from protocols.ckks_round import CkksClient, CkksServer
-from protocols.client import SecAggClient
-from protocols.config import ProtocolKind, SecAggConfig
-from protocols.context import RoundContext
-from protocols.encoding import Aggregate
-from protocols.epoch import EpochContext
-from protocols.errors import (
+import importlib
+from typing import TYPE_CHECKING, Any
+
+from secagg.protocols import errors, labels, wire
+from secagg.protocols.client import SecAggClient
+from secagg.protocols.config import ProtocolKind, SecAggConfig
+from secagg.protocols.context import RoundContext
+from secagg.protocols.encoding import Aggregate
+from secagg.protocols.epoch import EpochContext
+from secagg.protocols.errors import (
     ConfigError,
     InputError,
     LocalProtocolError,
@@ -83,12 +83,51 @@ from protocols.errors import (
     RemoteProtocolError,
     ThresholdError,
 )
-from protocols.federation import CkksFederation
-from protocols.harness import RoundResult, RoundSimulation, create_client, create_server, run_round
-from protocols.keysetup import EpochKeys, KeySetupClient, KeySetupServer
-from protocols.plaintext import PlainClient, PlainServer
-from protocols.server import SecAggServer
-from protocols.transitions import ClientStage, ServerStage
+from secagg.protocols.harness import (
+    RoundResult,
+    RoundSimulation,
+    create_client,
+    create_server,
+    run_round,
+)
+from secagg.protocols.plaintext import PlainClient, PlainServer
+from secagg.protocols.server import SecAggServer
+from secagg.protocols.transitions import ClientStage, ServerStage
+
+if TYPE_CHECKING:
+    from secagg.protocols.ckks_harness import CkksKeyring, KeySetupResult, setup_keys
+    from secagg.protocols.ckks_mask import CkksMaskClient, CkksMaskServer
+    from secagg.protocols.ckks_round import CkksClient, CkksServer
+    from secagg.protocols.federation import CkksFederation
+    from secagg.protocols.keysetup import EpochKeys, KeySetupClient, KeySetupServer
+
+# CKKS needs TenSEAL (the ``ckks`` extra): its names load on first use, so the core install
+# imports the masking protocols without it.
+_CKKS = {
+    "CkksKeyring": "ckks_harness", "KeySetupResult": "ckks_harness", "setup_keys": "ckks_harness",
+    "CkksMaskClient": "ckks_mask", "CkksMaskServer": "ckks_mask",
+    "CkksClient": "ckks_round", "CkksServer": "ckks_round",
+    "CkksFederation": "federation",
+    "EpochKeys": "keysetup", "KeySetupClient": "keysetup", "KeySetupServer": "keysetup",
+}
+
+
+def __getattr__(name: str) -> Any:
+    """Load a CKKS name on first use.
+
+    Raises:
+        AttributeError: for a name this package does not have.
+        ImportError: for a CKKS name when TenSEAL (``pip install 'secagg[ckks]'``) is missing.
+    """
+    if name not in _CKKS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{_CKKS[name]}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_CKKS))
 
 __all__ = [
     "Aggregate",

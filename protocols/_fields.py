@@ -1,7 +1,7 @@
 """Field validators and type tags shared by every message module (internal).
 
 Constructors of the message dataclasses call these and raise ``TypeError`` / ``ValueError``;
-:mod:`protocols.wire` turns those into :class:`~protocols.errors.RemoteProtocolError`.
+:mod:`secagg.protocols.wire` turns those into :class:`secagg.protocols.errors.RemoteProtocolError`.
 """
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ from collections.abc import Callable
 from enum import IntEnum
 from typing import Any
 
-from protocols.context import MAX_CLIENT_ID, MAX_ROUND_ID
 from secagg import aead, shamir
+from secagg.protocols.context import MAX_CLIENT_ID, MAX_ROUND_ID
 
 KEY_BYTES = 32
 SIGNATURE_BYTES = 64

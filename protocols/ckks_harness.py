@@ -1,9 +1,9 @@
 """Simulated CKKS key setup: every member's key from one in-process session.
 
-:func:`setup_keys` runs a :class:`~protocols.keysetup.KeySetupServer` and its members through
+:func:`setup_keys` runs a :class:`secagg.protocols.keysetup.KeySetupServer` and its members through
 the wire codec (stages ``"advertise"``, ``"distribute"``, ``"confirm"``; ``drop`` as in
-:mod:`protocols.simulation`) and returns a :class:`KeySetupResult` whose :class:`CkksKeyring`
-is what :func:`protocols.harness.run_round` takes as ``keys=`` to run rounds of that epoch. A
+:mod:`secagg.protocols.simulation`) and returns a :class:`KeySetupResult` whose :class:`CkksKeyring`
+is what :func:`secagg.protocols.harness.run_round` takes as ``keys=`` to run rounds of that epoch. A
 keyring holds every member's secret context only because a simulation plays every member;
 in a deployment each client keeps its own and the server keeps :class:`EpochKeys`.
 """
@@ -14,13 +14,13 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from protocols.config import SecAggConfig
-from protocols.epoch import EpochContext
-from protocols.errors import LocalProtocolError, ProtocolError
-from protocols.keysetup import EpochKeys, KeySetupClient, KeySetupServer
-from protocols.simulation import Simulation
-from protocols.transitions import ClientStage
 from secagg.ckks import CkksPublicContext, CkksSecretContext
+from secagg.protocols.config import SecAggConfig
+from secagg.protocols.epoch import EpochContext
+from secagg.protocols.errors import LocalProtocolError, ProtocolError
+from secagg.protocols.keysetup import EpochKeys, KeySetupClient, KeySetupServer
+from secagg.protocols.simulation import Simulation
+from secagg.protocols.transitions import ClientStage
 from secagg.sign import SigningKey
 
 __all__ = ["KEY_STAGES", "CkksKeyring", "KeySetupResult", "KeySetupSimulation", "setup_keys"]

@@ -1,18 +1,17 @@
 """``"ckks+mask"``: SecAgg+ double masking under CKKS encryption (collusion resistant).
 
-The round is SecAgg+ (:mod:`protocols.client`, :mod:`protocols.server`: advertise, share keys,
-masked input, consistency in active mode, unmask, on the same public graph and threshold)
-with one change in what travels: the masked ring vector
-``y_u = encode(x_u) + PRG(b_u) + sum_v +-PRG(s_uv) mod 2^bits`` is lifted to two's complement
-and encrypted under the epoch's CKKS key (:mod:`protocols.ckks_round`) instead of being sent in
-the clear. The keyless server adds the ciphertexts on receipt; the CKKS sum decodes exactly to
-integers congruent to ``sum y_u`` mod ``2^bits``, and the pairwise masks between survivors
-cancel there. After ``unmask`` the server rebuilds the survivors' self-mask seeds and the
-dropped clients' mask keys exactly as in SecAgg+ and sends, with the encrypted sum, the
-*correction* ``c = -(sum_{u in U3} PRG(b_u) + the dropped clients' pairwise masks still in
-the sum) mod 2^bits`` (bit-packed, ``bits/8`` bytes per value). Each client decrypts, reduces
-mod ``2^bits``, adds ``c`` and decodes: ``sum x_u``. Clients wait in ``await_sum`` after
-answering the unmask request (their mask secrets are wiped there).
+The round is SecAgg+ (:mod:`secagg.protocols.client`, :mod:`secagg.protocols.server`: advertise,
+share keys, masked input, consistency in active mode, unmask, on the same public graph and
+threshold) with one change in what travels: the masked ring vector ``y_u = encode(x_u) + PRG(b_u) +
+sum_v +-PRG(s_uv) mod 2^bits`` is lifted to two's complement and encrypted under the epoch's CKKS
+key (:mod:`secagg.protocols.ckks_round`) instead of being sent in the clear. The keyless server adds
+the ciphertexts on receipt; the CKKS sum decodes exactly to integers congruent to ``sum y_u`` mod
+``2^bits``, and the pairwise masks between survivors cancel there. After ``unmask`` the server
+rebuilds the survivors' self-mask seeds and the dropped clients' mask keys exactly as in SecAgg+ and
+sends, with the encrypted sum, the *correction* ``c = -(sum_{u in U3} PRG(b_u) + the dropped
+clients' pairwise masks still in the sum) mod 2^bits`` (bit-packed, ``bits/8`` bytes per value).
+Each client decrypts, reduces mod ``2^bits``, adds ``c`` and decodes: ``sum x_u``. Clients wait in
+``await_sum`` after answering the unmask request (their mask secrets are wiped there).
 
 Where the correction happens, and why there. The server holds no CKKS key, so it can either
 subtract an encoding of ``c`` homomorphically (a plaintext add under the public context) or
@@ -40,17 +39,23 @@ from __future__ import annotations
 
 import numpy as np
 
-from protocols.ckks_round import accept_upload, check_key, check_public, encrypt_upload, open_sum
-from protocols.client import SecAggClient
-from protocols.config import ProtocolKind
-from protocols.context import RoundContext
-from protocols.encoding import Aggregate
-from protocols.errors import LocalProtocolError, RemoteProtocolError
-from protocols.messages import CkksInput, EncryptedSum, Message, UnmaskRequest
-from protocols.server import SecAggServer
 from secagg.ckks import CkksPublicContext, CkksSecretContext
 from secagg.ckks_sum import CkksSum
 from secagg.packing import pack
+from secagg.protocols.ckks_round import (
+    accept_upload,
+    check_key,
+    check_public,
+    encrypt_upload,
+    open_sum,
+)
+from secagg.protocols.client import SecAggClient
+from secagg.protocols.config import ProtocolKind
+from secagg.protocols.context import RoundContext
+from secagg.protocols.encoding import Aggregate
+from secagg.protocols.errors import LocalProtocolError, RemoteProtocolError
+from secagg.protocols.messages import CkksInput, EncryptedSum, Message, UnmaskRequest
+from secagg.protocols.server import SecAggServer
 from secagg.sign import SigningKey
 
 __all__ = ["CkksMaskClient", "CkksMaskServer"]

@@ -2,7 +2,7 @@
 
 Key setup: KeyAdvert, KeyDistribution (the leader only) and KeyConfirm go up; KeyRoster and
 KeyDelivery come down. Rounds: CkksInput up, EncryptedSum down. Validated when built, like
-every message (:mod:`protocols.messages`).
+every message (:mod:`secagg.protocols.messages`).
 """
 
 from __future__ import annotations
@@ -10,7 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
-from protocols._fields import (
+from secagg.packing import packed_size
+from secagg.protocols._fields import (
     KEY_BYTES,
     MAX_CONTEXT_BYTES,
     MAX_SECRET_BYTES,
@@ -25,8 +26,7 @@ from protocols._fields import (
     _round_sender,
     _var_pairs,
 )
-from protocols.context import MAX_CLIENT_ID
-from secagg.packing import packed_size
+from secagg.protocols.context import MAX_CLIENT_ID
 
 __all__ = [
     "CkksInput",

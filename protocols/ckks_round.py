@@ -1,7 +1,7 @@
 """The ``"ckks"`` protocol: clients encrypt, the keyless server adds, clients decrypt.
 
 Every client of the round holds the epoch's CKKS secret context (from
-:mod:`protocols.keysetup`); the round context binds its fingerprint. One round:
+:mod:`secagg.protocols.keysetup`); the round context binds its fingerprint. One round:
 
 1. ``start(x)``: fixed-point encode exactly as SecAgg (weighted FedAvg: ``w x`` and ``w`` in one
    vector), lift the ring elements to signed integers, pack several per slot
@@ -14,9 +14,9 @@ Every client of the round holds the epoch's CKKS secret context (from
    client. Dropouts simply leave the sum.
 3. Each client decrypts, checks the exact integer decoding (``terms`` = number included,
    integer slots, lane sums within what that many inputs can reach) and decodes:
-   ``client.result`` is the :class:`~protocols.encoding.Aggregate` (``result.mean`` divides).
+   ``client.result`` is the :class:`secagg.protocols.encoding.Aggregate` (``result.mean`` divides).
 
-Helpers shared with ``ckks+mask`` (:mod:`protocols.ckks_mask`) live here too.
+Helpers shared with ``ckks+mask`` (:mod:`secagg.protocols.ckks_mask`) live here too.
 """
 
 from __future__ import annotations
@@ -26,19 +26,19 @@ from typing import Any, TypeVar
 import numpy as np
 import numpy.typing as npt
 
-from protocols import labels
-from protocols.config import ProtocolKind, SecAggConfig
-from protocols.context import RoundContext
-from protocols.encoding import Aggregate, check_input, decode_aggregate, encode_input
-from protocols.errors import LocalProtocolError, RemoteProtocolError, ThresholdError
-from protocols.messages import CkksInput, EncryptedSum, Message
-from protocols.participant import ClientBase, ServerBase
-from protocols.transitions import ServerStage, client_table_for, server_table_for
 from secagg.ckks import CkksPublicContext, CkksSecretContext, decrypt_ints, encrypt_ints
 from secagg.ckks_layout import SlotLayout
 from secagg.ckks_sum import CkksSum
 from secagg.errors import CkksError, InvalidSignature
 from secagg.packing import unpack
+from secagg.protocols import labels
+from secagg.protocols.config import ProtocolKind, SecAggConfig
+from secagg.protocols.context import RoundContext
+from secagg.protocols.encoding import Aggregate, check_input, decode_aggregate, encode_input
+from secagg.protocols.errors import LocalProtocolError, RemoteProtocolError, ThresholdError
+from secagg.protocols.messages import CkksInput, EncryptedSum, Message
+from secagg.protocols.participant import ClientBase, ServerBase
+from secagg.protocols.transitions import ServerStage, client_table_for, server_table_for
 from secagg.sign import SigningKey
 
 __all__ = [

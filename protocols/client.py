@@ -27,12 +27,17 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from protocols import labels
-from protocols.context import RoundContext
-from protocols.encoding import FloatVector, check_input, encode_input
-from protocols.errors import LocalProtocolError, RemoteProtocolError, ThresholdError
-from protocols.graph import round_graph
-from protocols.messages import (
+from secagg import kex, rng, shamir
+from secagg.aead import Aead
+from secagg.errors import InvalidCiphertext, InvalidKeyError, InvalidSignature
+from secagg.packing import pack
+from secagg.prg import SEED_BYTES, MaskPRG
+from secagg.protocols import labels
+from secagg.protocols.context import RoundContext
+from secagg.protocols.encoding import FloatVector, check_input, encode_input
+from secagg.protocols.errors import LocalProtocolError, RemoteProtocolError, ThresholdError
+from secagg.protocols.graph import round_graph
+from secagg.protocols.messages import (
     AdvertiseKeys,
     ConsistencyRequest,
     ConsistencySignature,
@@ -44,13 +49,8 @@ from protocols.messages import (
     UnmaskRequest,
     UnmaskResponse,
 )
-from protocols.participant import ClientBase
-from protocols.transitions import client_table_for
-from secagg import kex, rng, shamir
-from secagg.aead import Aead
-from secagg.errors import InvalidCiphertext, InvalidKeyError, InvalidSignature
-from secagg.packing import pack
-from secagg.prg import SEED_BYTES, MaskPRG
+from secagg.protocols.participant import ClientBase
+from secagg.protocols.transitions import client_table_for
 from secagg.sign import SigningKey
 
 __all__ = ["SecAggClient"]

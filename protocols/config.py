@@ -4,7 +4,7 @@
 hazardous ``secagg`` layer leaves open, once. Anything left out is derived safely:
 
 - ``k`` and ``threshold``: SecAgg uses the complete graph (``k = n - 1``); SecAgg+ takes the
-  smallest sparse degree meeting the rule of :mod:`protocols.params` (Bell et al., CCS 2020)
+  smallest sparse degree meeting the rule of :mod:`secagg.protocols.params` (Bell et al., CCS 2020)
   for ``dropout_rate``, ``corruption_rate``, ``sigma`` and ``eta``. The threshold is the
   least ``t`` with ``2t > k + 1 + corrupted neighbours`` (w.p. ``1 - 2^-sigma``); for SecAgg
   with ``corruption_rate = 0`` this is Bonawitz et al.'s ``floor(n/2) + 1``.
@@ -44,12 +44,12 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Any
 
-from protocols.errors import ConfigError
-from protocols.params import graph_parameters, security_threshold
 from secagg.ckks_layout import SlotLayout, choose_preset
 from secagg.ckks_params import PRESETS
 from secagg.errors import RangeError
 from secagg.fixedpoint import FixedPointConfig, Rounding
+from secagg.protocols.errors import ConfigError
+from secagg.protocols.params import graph_parameters, security_threshold
 
 __all__ = ["CKKS_MIN_SCALE", "DEFAULT_SCALE", "ProtocolKind", "SecAggConfig"]
 
@@ -297,7 +297,7 @@ def _graph(
     """Resolve (k, threshold) for the protocol.
 
     Raises:
-        ConfigError: as :func:`protocols.params.graph_parameters`, or a SecAgg ``k != n-1``.
+        ConfigError: as :func:`secagg.protocols.params.graph_parameters`, or a SecAgg ``k != n-1``.
     """
     if kind is ProtocolKind.PLAIN:
         if k not in (None, 0) or t not in (None, 1):

@@ -15,9 +15,9 @@ import struct
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from protocols.config import SecAggConfig
-from protocols.errors import ConfigError
 from secagg.fixedpoint import FixedPointConfig
+from secagg.protocols.config import SecAggConfig
+from secagg.protocols.errors import ConfigError
 from secagg.sign import VerifyKey
 
 __all__ = ["MAX_CLIENT_ID", "MAX_DIM", "MAX_ROUND_ID", "RoundContext"]

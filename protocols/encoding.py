@@ -16,9 +16,9 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from protocols.context import RoundContext
-from protocols.errors import InputError
 from secagg.fixedpoint import decode_sum, encode
+from secagg.protocols.context import RoundContext
+from secagg.protocols.errors import InputError
 
 __all__ = ["Aggregate", "check_input", "decode_aggregate", "encode_input"]
 

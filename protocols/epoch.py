@@ -1,10 +1,10 @@
 """The public parameters of one CKKS key epoch, and the leader rule.
 
-An :class:`EpochContext` is to a key setup what a :class:`~protocols.context.RoundContext` is to a
-round: the config, the epoch number, the members (the clients that may receive the key) and,
-in active mode, their Ed25519 verify keys, plus an optional public seed (a beacon, say). Its
-SHA-256 digest salts every key-setup key exchange and is bound into every key-setup AEAD
-associated data and signature, so nothing from one epoch is valid in another.
+An :class:`EpochContext` is to a key setup what a :class:`secagg.protocols.context.RoundContext` is
+to a round: the config, the epoch number, the members (the clients that may receive the key) and, in
+active mode, their Ed25519 verify keys, plus an optional public seed (a beacon, say). Its SHA-256
+digest salts every key-setup key exchange and is bound into every key-setup AEAD associated data and
+signature, so nothing from one epoch is valid in another.
 
 Leader rule (no dealer): among the members that advertised a key (the roster), the leader is
 the one with the smallest ``SHA-256(tag || digest || id)`` (rendezvous hashing). Every party
@@ -21,9 +21,9 @@ import hashlib
 import struct
 from collections.abc import Iterable, Mapping
 
-from protocols.config import SecAggConfig
-from protocols.context import MAX_CLIENT_ID, MAX_ROUND_ID, _check_int
-from protocols.errors import ConfigError
+from secagg.protocols.config import SecAggConfig
+from secagg.protocols.context import MAX_CLIENT_ID, MAX_ROUND_ID, _check_int
+from secagg.protocols.errors import ConfigError
 from secagg.sign import VerifyKey
 
 __all__ = ["MAX_SEED_BYTES", "EpochContext"]

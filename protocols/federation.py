@@ -1,8 +1,8 @@
 """Rounds of one CKKS config over a changing membership, with key rotation (simulation).
 
 :class:`CkksFederation` keeps the current key epoch and runs rounds on it
-(:func:`protocols.harness.run_round` with ``keys=``). It starts a new epoch, i.e. a fresh key
-setup with a new leader and context (:mod:`protocols.keysetup`):
+(:func:`secagg.protocols.harness.run_round` with ``keys=``). It starts a new epoch, i.e. a fresh key
+setup with a new leader and context (:mod:`secagg.protocols.keysetup`):
 
 * on request (:meth:`CkksFederation.rotate`),
 * when the members change (:meth:`CkksFederation.set_members`): a member that left must not
@@ -21,10 +21,10 @@ from typing import Any
 
 import numpy.typing as npt
 
-from protocols.ckks_harness import CkksKeyring, KeySetupResult, setup_keys
-from protocols.config import SecAggConfig
-from protocols.errors import ConfigError, LocalProtocolError
-from protocols.harness import RoundResult, run_round
+from secagg.protocols.ckks_harness import CkksKeyring, KeySetupResult, setup_keys
+from secagg.protocols.config import SecAggConfig
+from secagg.protocols.errors import ConfigError, LocalProtocolError
+from secagg.protocols.harness import RoundResult, run_round
 from secagg.sign import SigningKey
 
 __all__ = ["CkksFederation"]
@@ -124,7 +124,7 @@ class CkksFederation:
         grow and the key rotate first.
 
         Raises:
-            As :func:`protocols.harness.run_round` and :meth:`rotate`.
+            As :func:`secagg.protocols.harness.run_round` and :meth:`rotate`.
         """
         cohort = frozenset(inputs)
         if self._keys is None or not cohort <= set(self._keys.holders):

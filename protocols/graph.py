@@ -8,7 +8,7 @@ count as dropouts). The permutation comes from the keyed AES PRG
 (:class:`secagg.prg.MaskPRG`): the i-th smallest id gets the i-th 64-bit word of the stream and
 ids are sorted by it (ties, at probability ~n^2/2^64, break by id). Position ``p`` is joined to
 positions ``p +- 1 .. p +- k/2`` (mod n): ``k``-regular, and each node's neighbourhood is a
-uniformly random ``k``-subset of the others (the graph of :mod:`protocols.params`). With
+uniformly random ``k``-subset of the others (the graph of :mod:`secagg.protocols.params`). With
 ``k >= n - 1`` the graph is complete: that is SecAgg.
 """
 
@@ -20,8 +20,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from protocols.context import RoundContext
 from secagg.prg import MaskPRG
+from secagg.protocols.context import RoundContext
 
 __all__ = ["NeighbourGraph", "graph_seed", "round_graph"]
 

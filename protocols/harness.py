@@ -4,7 +4,7 @@
 benchmarks' entry point, for every protocol. Every message is encoded to bytes and decoded
 again on the other side (bytes counted per client, up and down), and every participant call
 is timed with ``time.perf_counter`` (codec time included, charged to whoever runs it); see
-:mod:`protocols.simulation`.
+:mod:`secagg.protocols.simulation`.
 
 ``drop`` maps a stage name (``"advertise"``, ``"share"``, ``"masked_input"``,
 ``"consistency"``, ``"unmask"``) to the ids that fail to send that stage's message; a client
@@ -19,10 +19,10 @@ encrypted). ``"ckks"`` has one server stage, ``masked_input`` (the encrypted upl
 at any stage up to it leaves the client out of the sum; a drop at ``consistency``/``unmask``
 means it uploads but is gone when the sum comes back. In both, the server holds no key: the
 aggregate of the :class:`RoundResult` is what the clients decrypted (they must all agree).
-Keys come from ``keys=`` (a :class:`~protocols.ckks_harness.CkksKeyring`, reused across the
+Keys come from ``keys=`` (a :class:`secagg.protocols.ckks_harness.CkksKeyring`, reused across the
 rounds of an epoch) or, if left out, from a key setup of the round's clients run first
 (``result.key_setup``; its cost is not in the round's timings). ``result.keys`` is the keyring
-either way; :class:`protocols.federation.CkksFederation` rotates it on membership changes.
+either way; :class:`secagg.protocols.federation.CkksFederation` rotates it on membership changes.
 
 Mask accounting for benchmarks: ``client_mask_words + server_mask_words`` is the number of
 uint32 keystream words the round expanded, i.e. what a raw AES-CTR bound must generate.
@@ -35,32 +35,32 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import numpy.typing as npt
 
-from protocols.ckks_harness import CkksKeyring, KeySetupResult, setup_keys
-from protocols.ckks_mask import CkksMaskClient, CkksMaskServer
-from protocols.ckks_round import CkksClient, CkksServer
-from protocols.client import SecAggClient
-from protocols.config import ProtocolKind, SecAggConfig
-from protocols.context import RoundContext
-from protocols.encoding import Aggregate, check_input
-from protocols.errors import (
+from secagg.protocols.client import SecAggClient
+from secagg.protocols.config import ProtocolKind, SecAggConfig
+from secagg.protocols.context import RoundContext
+from secagg.protocols.encoding import Aggregate, check_input
+from secagg.protocols.errors import (
     InputError,
     LocalProtocolError,
     ProtocolError,
     RemoteProtocolError,
     ThresholdError,
 )
-from protocols.participant import ClientBase, ServerBase
-from protocols.plaintext import PlainClient, PlainServer
-from protocols.server import SecAggServer
-from protocols.simulation import Simulation
-from protocols.transitions import ClientStage
-from secagg.ckks import CkksPublicContext, CkksSecretContext
+from secagg.protocols.participant import ClientBase, ServerBase
+from secagg.protocols.plaintext import PlainClient, PlainServer
+from secagg.protocols.server import SecAggServer
+from secagg.protocols.simulation import Simulation
+from secagg.protocols.transitions import ClientStage
 from secagg.sign import SigningKey, VerifyKey
+
+if TYPE_CHECKING:  # CKKS is an extra (TenSEAL): imported where a CKKS round needs it
+    from secagg.ckks import CkksPublicContext, CkksSecretContext
+    from secagg.protocols.ckks_harness import CkksKeyring, KeySetupResult
 
 __all__ = ["STAGES", "RoundResult", "RoundSimulation", "create_client", "create_server",
            "run_round"]
@@ -78,6 +78,9 @@ def create_server(
     """
     kind = ctx.config.protocol
     if kind.is_ckks:
+        from secagg.protocols.ckks_mask import CkksMaskServer
+        from secagg.protocols.ckks_round import CkksServer
+
         if public is None:
             raise LocalProtocolError("a CKKS server needs the epoch's public context")
         if kind is ProtocolKind.CKKS:
@@ -97,6 +100,9 @@ def create_client(
     """
     kind = ctx.config.protocol
     if kind.is_ckks:
+        from secagg.protocols.ckks_mask import CkksMaskClient
+        from secagg.protocols.ckks_round import CkksClient
+
         if key is None:
             raise LocalProtocolError("a CKKS client needs the epoch's secret context")
         if kind is ProtocolKind.CKKS:
@@ -247,6 +253,8 @@ class RoundSimulation(Simulation):
             if keys is not None:
                 raise LocalProtocolError(f"{config.protocol.value} takes no CKKS keys")
             return None
+        from secagg.protocols.ckks_harness import CkksKeyring, setup_keys
+
         if keys is None:
             self.key_setup = setup_keys(config, ids)
             keys = self.key_setup.keys
@@ -276,6 +284,9 @@ class RoundSimulation(Simulation):
     def _output(self) -> Aggregate:
         if not self.ctx.config.is_ckks:
             return self.server.result
+        from secagg.protocols.ckks_mask import CkksMaskClient
+        from secagg.protocols.ckks_round import CkksClient
+
         outs: list[Aggregate] = [
             c.result for c in self.clients.values()
             if isinstance(c, (CkksClient, CkksMaskClient)) and c.stage is ClientStage.DONE
@@ -313,7 +324,7 @@ def run_round(
     """Run one round in process and return its aggregate, timings and traffic.
 
     ``keys``: CKKS only, the epoch's keyring (``result.keys`` of an earlier round, or
-    :func:`protocols.ckks_harness.setup_keys`); left out, a key setup runs first.
+    :func:`secagg.protocols.ckks_harness.setup_keys`); left out, a key setup runs first.
 
     Raises:
         ThresholdError: fewer than the threshold remain at some stage.

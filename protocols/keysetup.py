@@ -5,7 +5,7 @@ is worth reusing across rounds (generation plus distribution cost about 50 ms an
 member for N=4096), while its lifetime is a *membership* matter: a new epoch, hence a new
 key, whenever the members change (a leaver must not read later sums, a joiner earlier ones)
 or on request. A round then only names the epoch's context fingerprint in its
-:class:`~protocols.context.RoundContext`; a ciphertext of any other epoch is refused by
+:class:`secagg.protocols.context.RoundContext`; a ciphertext of any other epoch is refused by
 fingerprint.
 
 Stages (server: ``advertise`` -> ``distribute`` -> ``confirm``):
@@ -37,10 +37,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from protocols import labels
-from protocols.epoch import EpochContext
-from protocols.errors import LocalProtocolError, RemoteProtocolError, ThresholdError
-from protocols.messages import (
+from secagg import kex
+from secagg.aead import Aead
+from secagg.ckks import CkksPreset, CkksPublicContext, CkksSecretContext
+from secagg.errors import CkksError, InvalidCiphertext, InvalidKeyError, InvalidSignature
+from secagg.protocols import labels
+from secagg.protocols.epoch import EpochContext
+from secagg.protocols.errors import LocalProtocolError, RemoteProtocolError, ThresholdError
+from secagg.protocols.messages import (
     KeyAdvert,
     KeyConfirm,
     KeyDelivery,
@@ -49,17 +53,13 @@ from protocols.messages import (
     KeyRosterEntry,
     Message,
 )
-from protocols.participant import ClientBase, ServerBase
-from protocols.transitions import (
+from secagg.protocols.participant import ClientBase, ServerBase
+from secagg.protocols.transitions import (
     ClientStage,
     ServerStage,
     key_setup_client_table,
     key_setup_server_table,
 )
-from secagg import kex
-from secagg.aead import Aead
-from secagg.ckks import CkksPreset, CkksPublicContext, CkksSecretContext
-from secagg.errors import CkksError, InvalidCiphertext, InvalidKeyError, InvalidSignature
 from secagg.sign import SigningKey
 
 __all__ = ["EpochKeys", "KeySetupClient", "KeySetupServer"]

@@ -11,9 +11,9 @@ import hashlib
 import struct
 from collections.abc import Sequence
 
-from protocols.context import RoundContext
-from protocols.epoch import EpochContext
 from secagg import kex
+from secagg.protocols.context import RoundContext
+from secagg.protocols.epoch import EpochContext
 
 __all__ = [
     "LABEL_VERSION",

@@ -2,8 +2,8 @@
 
 Fields hold only ints, bytes and tuples (sorted, canonical), never dicts, so a message is
 immutable and has exactly one wire encoding. Constructors check types, ranges and exact byte
-lengths and raise ``TypeError`` / ``ValueError``; :mod:`protocols.wire` turns those into
-:class:`~protocols.errors.RemoteProtocolError` when the bytes came from a peer.
+lengths and raise ``TypeError`` / ``ValueError``; :mod:`secagg.protocols.wire` turns those into
+:class:`secagg.protocols.errors.RemoteProtocolError` when the bytes came from a peer.
 
 Client -> server: AdvertiseKeys, ShareKeys, MaskedInput, ConsistencySignature, UnmaskResponse.
 Server -> client: Roster, SharesRelay, ConsistencyRequest, UnmaskRequest.
@@ -17,7 +17,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
-from protocols._fields import (
+from secagg import shamir
+from secagg.packing import packed_size
+from secagg.protocols._fields import (
     KEY_BYTES,
     MAX_CHUNK_BYTES,
     MAX_CHUNKS,
@@ -34,7 +36,7 @@ from protocols._fields import (
     _pairs,
     _round_sender,
 )
-from protocols.ckks_messages import (
+from secagg.protocols.ckks_messages import (
     CkksInput,
     EncryptedSum,
     KeyAdvert,
@@ -44,9 +46,7 @@ from protocols.ckks_messages import (
     KeyRoster,
     KeyRosterEntry,
 )
-from protocols.context import MAX_CLIENT_ID
-from secagg import shamir
-from secagg.packing import packed_size
+from secagg.protocols.context import MAX_CLIENT_ID
 
 __all__ = [
     "KEY_BYTES", "MAX_CHUNKS", "MAX_CHUNK_BYTES", "MAX_CONTEXT_BYTES", "MAX_SECRET_BYTES",

@@ -38,7 +38,7 @@ from __future__ import annotations
 import functools
 import math
 
-from protocols.errors import ConfigError
+from secagg.protocols.errors import ConfigError
 
 __all__ = ["graph_parameters", "min_threshold", "security_threshold"]
 

@@ -16,12 +16,12 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from typing import Any, Generic, NoReturn, TypeVar
 
-from protocols import wire
-from protocols.context import RoundContext
-from protocols.encoding import Aggregate
-from protocols.epoch import EpochContext
-from protocols.errors import LocalProtocolError, RemoteProtocolError
-from protocols.messages import (
+from secagg.protocols import wire
+from secagg.protocols.context import RoundContext
+from secagg.protocols.encoding import Aggregate
+from secagg.protocols.epoch import EpochContext
+from secagg.protocols.errors import LocalProtocolError, RemoteProtocolError
+from secagg.protocols.messages import (
     AdvertiseKeys,
     CkksInput,
     ConsistencyRequest,
@@ -40,7 +40,7 @@ from protocols.messages import (
     UnmaskRequest,
     UnmaskResponse,
 )
-from protocols.transitions import START, ClientStage, ClientTable, ServerStage, ServerTable
+from secagg.protocols.transitions import START, ClientStage, ClientTable, ServerStage, ServerTable
 
 __all__ = ["MESSAGE_TYPES", "ClientBase", "CtxT", "ServerBase"]
 
@@ -95,7 +95,7 @@ class ClientBase(Generic[CtxT]):
         Raises:
             LocalProtocolError: started twice, or aborted before.
             InputError, TypeError: ``x`` or ``weight`` unusable (see
-                :func:`protocols.encoding.check_input`).
+                :func:`secagg.protocols.encoding.check_input`).
         """
         return self._run(START, lambda: self._on_start(x, weight))
 

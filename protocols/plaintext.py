@@ -12,13 +12,13 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from protocols.context import RoundContext
-from protocols.encoding import FloatVector, check_input, decode_aggregate, encode_input
-from protocols.errors import LocalProtocolError, RemoteProtocolError, ThresholdError
-from protocols.messages import MaskedInput, Message
-from protocols.participant import ClientBase, ServerBase
-from protocols.transitions import ServerStage, client_table, server_table
 from secagg.packing import pack, unpack_add_into
+from secagg.protocols.context import RoundContext
+from secagg.protocols.encoding import FloatVector, check_input, decode_aggregate, encode_input
+from secagg.protocols.errors import LocalProtocolError, RemoteProtocolError, ThresholdError
+from secagg.protocols.messages import MaskedInput, Message
+from secagg.protocols.participant import ClientBase, ServerBase
+from secagg.protocols.transitions import ServerStage, client_table, server_table
 
 __all__ = ["PlainClient", "PlainServer"]
 

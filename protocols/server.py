@@ -12,12 +12,14 @@ from __future__ import annotations
 import numpy as np
 import numpy.typing as npt
 
-from protocols import labels
-from protocols.context import RoundContext
-from protocols.encoding import decode_aggregate
-from protocols.errors import LocalProtocolError, RemoteProtocolError, ThresholdError
-from protocols.graph import NeighbourGraph, round_graph
-from protocols.messages import (
+from secagg.errors import InvalidSignature
+from secagg.packing import unpack_add_into
+from secagg.protocols import labels
+from secagg.protocols.context import RoundContext
+from secagg.protocols.encoding import decode_aggregate
+from secagg.protocols.errors import LocalProtocolError, RemoteProtocolError, ThresholdError
+from secagg.protocols.graph import NeighbourGraph, round_graph
+from secagg.protocols.messages import (
     AdvertiseKeys,
     ConsistencyRequest,
     ConsistencySignature,
@@ -30,11 +32,9 @@ from protocols.messages import (
     UnmaskRequest,
     UnmaskResponse,
 )
-from protocols.participant import ServerBase
-from protocols.transitions import ServerStage, server_table_for
-from protocols.unmasking import SecretRecovery, remove_masks
-from secagg.errors import InvalidSignature
-from secagg.packing import unpack_add_into
+from secagg.protocols.participant import ServerBase
+from secagg.protocols.transitions import ServerStage, server_table_for
+from secagg.protocols.unmasking import SecretRecovery, remove_masks
 from secagg.shamir import Share
 
 __all__ = ["SecAggServer"]

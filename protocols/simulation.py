@@ -16,11 +16,11 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
-from protocols.errors import LocalProtocolError, ProtocolError
-from protocols.messages import Message
-from protocols.participant import ClientBase, ServerBase
-from protocols.transitions import ServerStage
-from protocols.wire import encode
+from secagg.protocols.errors import LocalProtocolError, ProtocolError
+from secagg.protocols.messages import Message
+from secagg.protocols.participant import ClientBase, ServerBase
+from secagg.protocols.transitions import ServerStage
+from secagg.protocols.wire import encode
 
 __all__ = ["Simulation", "check_drop"]
 

@@ -7,8 +7,8 @@ illegal: the participant raises and (client) aborts, wiping its secrets. Tests e
 every pair; docs can draw the diagrams from here.
 
 Tables: the plaintext baseline; SecAgg(+) passive and active; ``ckks`` (upload at START,
-``masked_input`` collects :class:`~protocols.messages.CkksInput`, closing it returns the
-:class:`~protocols.messages.EncryptedSum`); ``ckks+mask`` (the SecAgg+ stages, encrypted
+``masked_input`` collects :class:`secagg.protocols.messages.CkksInput`, closing it returns the
+:class:`secagg.protocols.messages.EncryptedSum`); ``ckks+mask`` (the SecAgg+ stages, encrypted
 uploads, and the sum after ``unmask``); the CKKS key setup (``advertise`` -> ``distribute``
 -> ``confirm``). :func:`client_table_for` / :func:`server_table_for` pick by config.
 """
@@ -18,8 +18,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import Enum
 
-from protocols.config import ProtocolKind, SecAggConfig
-from protocols.messages import MsgType
+from secagg.protocols.config import ProtocolKind, SecAggConfig
+from secagg.protocols.messages import MsgType
 
 __all__ = [
     "START",

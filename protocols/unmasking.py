@@ -14,12 +14,12 @@ from collections.abc import Callable, Mapping
 import numpy as np
 import numpy.typing as npt
 
-from protocols import labels
-from protocols.context import RoundContext
-from protocols.errors import RemoteProtocolError, ThresholdError
 from secagg import kex
 from secagg.errors import InsufficientSharesError, InvalidKeyError
 from secagg.prg import MaskPRG
+from secagg.protocols import labels
+from secagg.protocols.context import RoundContext
+from secagg.protocols.errors import RemoteProtocolError, ThresholdError
 from secagg.shamir import Reconstructor
 
 __all__ = ["SecretRecovery", "remove_masks"]

@@ -8,7 +8,7 @@ key-setup ciphertexts), CKKS chunks and contexts as u32 length, bytes. A masked 
 (:mod:`secagg.packing`: ``bits/8`` bytes per value). Nothing may follow the last field.
 
 :func:`decode` either returns a valid message or raises
-:class:`~protocols.errors.RemoteProtocolError`; counts are checked against the bytes left
+:class:`secagg.protocols.errors.RemoteProtocolError`; counts are checked against the bytes left
 before anything is allocated, so hostile input cannot make it allocate more than its length.
 """
 
@@ -17,8 +17,8 @@ from __future__ import annotations
 import struct
 from collections.abc import Callable
 
-from protocols.errors import RemoteProtocolError
-from protocols.messages import (
+from secagg.protocols.errors import RemoteProtocolError
+from secagg.protocols.messages import (
     AdvertiseKeys,
     CkksInput,
     ConsistencyRequest,

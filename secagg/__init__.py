@@ -1,9 +1,9 @@
 """secagg: the hazardous layer of primitives for secure aggregation.
 
 Every security parameter is explicit here and has no default (curve, HKDF ``info`` label,
-modulus bits, threshold); the recipe layer, :mod:`protocols`, chooses them all once in a
-validated :class:`protocols.SecAggConfig`. Use this package directly only to build a new
-protocol; to aggregate, use :mod:`protocols` (or ``fl_core`` over the network).
+modulus bits, threshold); the recipe layer, :mod:`secagg.protocols`, chooses them all once in a
+validated :class:`secagg.protocols.SecAggConfig`. Use this package directly only to build a new
+protocol; to aggregate, use :mod:`secagg.protocols` (or ``fl_core`` over the network).
 
 The import surface is the submodules below plus the exception hierarchy; each submodule
 documents its own ``__all__``:
@@ -66,9 +66,11 @@ Traceback (most recent call last):
 secagg.errors.RangeError: bits=16 can overflow: ... need minimal_bits(...) = 22 bits (...)
 """
 
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from secagg import (
     aead,
-    ckks,
     errors,
     fixedpoint,
     kex,
@@ -108,3 +110,19 @@ __all__ = [
     "sign",
 ]
 __version__ = "0.1.0"
+
+if TYPE_CHECKING:
+    from secagg import ckks
+
+
+def __getattr__(name: str) -> Any:
+    """``secagg.ckks`` loads on first use: it needs TenSEAL, the ``ckks`` extra.
+
+    Raises:
+        AttributeError: for a name this package does not have.
+        ImportError: when TenSEAL is missing (``pip install 'secagg[ckks]'``).
+    """
+    if name != "ckks":
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return importlib.import_module("secagg.ckks")
+

@@ -25,7 +25,11 @@ from dataclasses import replace
 from typing import Any
 
 import numpy as np
-import tenseal as ts
+
+try:
+    import tenseal as ts
+except ImportError as exc:  # CKKS is an extra: the core install has no TenSEAL
+    raise ImportError("CKKS needs TenSEAL: pip install 'secagg[ckks]'") from exc
 
 from secagg.ckks_context import CkksPublicContext, CkksSecretContext
 from secagg.ckks_layout import SlotLayout, choose_preset

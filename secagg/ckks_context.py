@@ -16,7 +16,11 @@ import hashlib
 from typing import Any
 
 import numpy as np
-import tenseal as ts
+
+try:
+    import tenseal as ts
+except ImportError as exc:  # CKKS is an extra: the core install has no TenSEAL
+    raise ImportError("CKKS needs TenSEAL: pip install 'secagg[ckks]'") from exc
 
 from secagg import rng
 from secagg.ckks_params import PRESETS, CkksPreset

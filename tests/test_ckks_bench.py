@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 
 from benchmarks.ckks_bench import _add_two_processes, _halves, _sum_slices
-from protocols import SecAggConfig
 from secagg import ckks
+from secagg.protocols import SecAggConfig
 
 
 def test_halves_cover_every_position_once() -> None:

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from fl_core import cli
+from secagg.fl_core import cli
 
 
 def test_help_lists_bench(capsys: pytest.CaptureFixture[str]) -> None:
@@ -26,6 +26,6 @@ def test_unknown_benchmark_is_rejected(capsys: pytest.CaptureFixture[str]) -> No
 
 def test_console_script_runs_as_module() -> None:
     proc = subprocess.run(
-        [sys.executable, "-m", "fl_core.cli", "--version"], capture_output=True, text=True
+        [sys.executable, "-m", "secagg.fl_core.cli", "--version"], capture_output=True, text=True
     )
     assert proc.returncode == 0 and proc.stdout.startswith("secagg ")

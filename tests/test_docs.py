@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from fl_core import cli, commands, runner
+from secagg.fl_core import cli, commands, runner
 from tests.test_readme import check_python_blocks
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -63,10 +63,11 @@ def test_public_surface_is_exactly_all(package: str) -> None:
 
 def test_fl_core_imports_lazily() -> None:
     """``import fl_core`` loads neither ZeroMQ nor torch; a name loads its submodule."""
-    code = ("import sys, fl_core\n"
+    code = ("import sys\nfrom secagg import fl_core\n"
             "bad = sorted(m for m in ('zmq', 'torch', 'dp_accounting') if m in sys.modules)\n"
             "assert not bad, bad\n"
-            "assert fl_core.limits_for.__module__ == 'fl_core.rounds' and 'zmq' in sys.modules\n"
+            "assert fl_core.limits_for.__module__ == 'secagg.fl_core.rounds'\n"
+            "assert 'zmq' in sys.modules\n"
             "assert 'limits_for' in dir(fl_core)\n"
             "try:\n    fl_core.no_such_name\nexcept AttributeError:\n    pass\n"
             "else:\n    raise SystemExit('no AttributeError')\n")

@@ -1,15 +1,15 @@
 """Experiment 3: client-level DP with 200 simulated parties, cohort 20 per round (rate 0.1).
 
 DP-FedAvg: each sampled party runs ``local_steps`` SGD steps (batched over the cohort with
-:func:`models.client_batch.client_updates`, one ``vmap`` forward/backward per step), clips its
-update to C and adds its noise exactly as
-:class:`~fl_core.finetune.client_task.FinetuneClientTask` does at client level (a discrete
-Gaussian share for distributed noise, the full Gaussian for local); the sum goes through the
-real SecAgg+ round; :class:`~fl_core.finetune.server_task.FinetuneServerTask` steps and
-accounts. 5 rounds, one local SGD step of batch 8 per party (compute budget). Rows: epsilon
-8 distributed, epsilon 8 local, and no DP (epsilon inf: the same local SGD, no clipping or
-noise). Data: IID over the 200 parties (Dirichlet(0.5) over 200
-parties can leave a party with no records, which the batched trainer rejects).
+:func:`secagg.models.client_batch.client_updates`, one ``vmap`` forward/backward per step), clips
+its update to C and adds its noise exactly as
+:class:`secagg.fl_core.finetune.client_task.FinetuneClientTask` does at client level (a discrete
+Gaussian share for distributed noise, the full Gaussian for local); the sum goes through the real
+SecAgg+ round; :class:`secagg.fl_core.finetune.server_task.FinetuneServerTask` steps and accounts. 5
+rounds, one local SGD step of batch 8 per party (compute budget). Rows: epsilon 8 distributed,
+epsilon 8 local, and no DP (epsilon inf: the same local SGD, no clipping or noise). Data: IID over
+the 200 parties (Dirichlet(0.5) over 200 parties can leave a party with no records, which the
+batched trainer rejects).
 """
 
 from __future__ import annotations
@@ -24,9 +24,15 @@ import numpy.typing as npt
 from benchmarks.experiments.common import base_job, limited, parse_size, progress, strip
 from benchmarks.experiments.plots import plot_exp3
 from benchmarks.experiments.sim import Contribute, run_job, save
-from fl_core.dp import NoiseSource, Placement, add_distributed_noise, add_local_noise, clip_l2
-from fl_core.finetune.app import Prepared
-from models.client_batch import client_updates
+from secagg.fl_core.dp import (
+    NoiseSource,
+    Placement,
+    add_distributed_noise,
+    add_local_noise,
+    clip_l2,
+)
+from secagg.fl_core.finetune.app import Prepared
+from secagg.models.client_batch import client_updates
 
 Vector = npt.NDArray[np.float64]
 PARTIES, COHORT = 200, 20
@@ -77,7 +83,7 @@ def main(argv: list[str] | None = None) -> None:
                        rounds=min(size.rounds, ROUNDS), local_steps=1, batch_size=8, **kw)
         doc = run_job(job, cohort=cohort, contribute=batched(NoiseSource()), label=name,
                       eval_before=False, on_round=progress(name))
-        doc["batched_local_training"] = "models.client_batch.client_updates (SGD)"
+        doc["batched_local_training"] = "secagg.models.client_batch.client_updates (SGD)"
         save(name, strip(doc))
         print(name, "accuracy", doc["accuracy_after"], flush=True)
     plot_exp3()

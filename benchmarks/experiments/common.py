@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.experiments.sim import results_dir
-from fl_core.finetune.job import FinetuneJob
+from secagg.fl_core.finetune.job import FinetuneJob
 
 __all__ = ["Size", "base_job", "limited", "load_result", "parse_size", "progress", "strip"]
 

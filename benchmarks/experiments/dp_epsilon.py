@@ -29,10 +29,10 @@ from benchmarks.experiments.common import (
 )
 from benchmarks.experiments.plots import plot_exp2
 from benchmarks.experiments.sim import run_job, save
-from fl_core.dp import NoiseSource, Placement, add_distributed_noise, add_local_noise
-from fl_core.finetune.app import Prepared
-from protocols.config import SecAggConfig
-from protocols.harness import run_round
+from secagg.fl_core.dp import NoiseSource, Placement, add_distributed_noise, add_local_noise
+from secagg.fl_core.finetune.app import Prepared
+from secagg.protocols.config import SecAggConfig
+from secagg.protocols.harness import run_round
 
 EPSILONS = (8.0, 1.0, 4.0, 2.0)  # run order: the targets' epsilon first
 LR = 5e-3  # server Adam (distributed) and local Adam (local): the same rate for both

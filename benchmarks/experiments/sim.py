@@ -1,11 +1,11 @@
 """One federated fine-tuning run, simulated in process with the objects the runtime uses.
 
-Per round every sampled client is a :class:`~fl_core.finetune.client_task.FinetuneClientTask`
-(all share one :class:`~models.AdaptedModel`: each call starts with ``set_vector(state)``), the
-sum goes through the real secure aggregation :func:`protocols.harness.run_round` and
-:class:`~fl_core.finetune.server_task.FinetuneServerTask` takes the step and the accountant's.
-``centralized=True`` runs one party holding all the data and skips the aggregation (its
-contribution is the sum).
+Per round every sampled client is a :class:`secagg.fl_core.finetune.client_task.FinetuneClientTask`
+(all share one :class:`secagg.models.AdaptedModel`: each call starts with ``set_vector(state)``),
+the sum goes through the real secure aggregation :func:`secagg.protocols.harness.run_round` and
+:class:`secagg.fl_core.finetune.server_task.FinetuneServerTask` takes the step and the accountant's.
+``centralized=True`` runs one party holding all the data and skips the aggregation (its contribution
+is the sum).
 """
 
 from __future__ import annotations
@@ -22,15 +22,15 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from fl_core.driver import RoundOutcome
-from fl_core.finetune.app import Prepared, prepare
-from fl_core.finetune.client_task import FinetuneClientTask
-from fl_core.finetune.job import FinetuneJob
-from fl_core.finetune.party import build_job_model, load_job_data
-from fl_core.finetune.privacy import resolve_dp
-from fl_core.finetune.server_task import FinetuneServerTask
-from protocols.config import SecAggConfig
-from protocols.harness import run_round
+from secagg.fl_core.driver import RoundOutcome
+from secagg.fl_core.finetune.app import Prepared, prepare
+from secagg.fl_core.finetune.client_task import FinetuneClientTask
+from secagg.fl_core.finetune.job import FinetuneJob
+from secagg.fl_core.finetune.party import build_job_model, load_job_data
+from secagg.fl_core.finetune.privacy import resolve_dp
+from secagg.fl_core.finetune.server_task import FinetuneServerTask
+from secagg.protocols.config import SecAggConfig
+from secagg.protocols.harness import run_round
 
 __all__ = ["RESULTS", "Contribute", "prepare_run", "run_job", "save"]
 

@@ -3,14 +3,14 @@ Gaussian) and accounting with dp-accounting."""
 
 from __future__ import annotations
 
-from fl_core.dp.accountant import (
+from secagg.fl_core.dp.accountant import (
     PrivacyAccountant,
     calibrate_noise_multiplier,
     client_level_warning,
 )
-from fl_core.dp.config import DpConfig, Placement, Unit
-from fl_core.dp.errors import DpConfigError
-from fl_core.dp.mechanism import (
+from secagg.fl_core.dp.config import DpConfig, Placement, Unit
+from secagg.fl_core.dp.errors import DpConfigError
+from secagg.fl_core.dp.mechanism import (
     add_distributed_noise,
     add_local_noise,
     clip_l2,
@@ -19,7 +19,7 @@ from fl_core.dp.mechanism import (
     integer_sensitivity,
     tail_probability,
 )
-from fl_core.dp.noise import NoiseSource
+from secagg.fl_core.dp.noise import NoiseSource
 
 __all__ = [
     "DpConfig",

@@ -2,11 +2,11 @@
 
 Each step is a Poisson-subsampled Gaussian mechanism (records for record-level DP, clients for
 client-level DP) or, at sample rate 1, a plain Gaussian mechanism. For the distributed discrete
-Gaussian the caller passes :func:`fl_core.dp.mechanism.effective_noise_multiplier`: Kairouz, Liu
-and Steinke (ICML 2021, Thm. 1) bound the sum of discrete Gaussian shares by the zCDP of a
-continuous Gaussian with that multiplier up to ``tau`` (< 1e-100 at our grid scales), and zCDP
-of that size is the RDP curve the Gaussian accounting uses. Discrete sampler: Canonne, Kamath,
-Steinke (NeurIPS 2020).
+Gaussian the caller passes :func:`secagg.fl_core.dp.mechanism.effective_noise_multiplier`: Kairouz,
+Liu and Steinke (ICML 2021, Thm. 1) bound the sum of discrete Gaussian shares by the zCDP of a
+continuous Gaussian with that multiplier up to ``tau`` (< 1e-100 at our grid scales), and zCDP of
+that size is the RDP curve the Gaussian accounting uses. Discrete sampler: Canonne, Kamath, Steinke
+(NeurIPS 2020).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from typing import Any, Literal
 
 import dp_accounting  # type: ignore[import-untyped]
 
-from fl_core.dp.errors import DpConfigError
+from secagg.fl_core.dp.errors import DpConfigError
 
 __all__ = ["PrivacyAccountant", "calibrate_noise_multiplier", "client_level_warning"]
 

@@ -10,7 +10,7 @@ import math
 from dataclasses import dataclass
 from enum import StrEnum
 
-from fl_core.dp.errors import DpConfigError
+from secagg.fl_core.dp.errors import DpConfigError
 
 __all__ = ["DpConfig", "Placement", "Unit"]
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from fl_core.errors import FlCoreError
+from secagg.fl_core.errors import FlCoreError
 
 __all__ = ["DpConfigError"]
 

@@ -18,8 +18,8 @@ import math
 import numpy as np
 from numpy.typing import NDArray
 
-from fl_core.dp.config import DpConfig, Placement, Unit
-from fl_core.dp.noise import NoiseSource
+from secagg.fl_core.dp.config import DpConfig, Placement, Unit
+from secagg.fl_core.dp.noise import NoiseSource
 
 __all__ = [
     "add_distributed_noise",

@@ -26,7 +26,7 @@ from secagg.rng import random_bytes
 __all__ = ["NoiseSource"]
 
 _KEY_BYTES = 32
-_TEST_LABEL = b"fl_core.dp.noise/for_testing/v1"
+_TEST_LABEL = b"secagg.fl_core.dp.noise/for_testing/v1"
 _TWO_M53 = 2.0**-53
 
 

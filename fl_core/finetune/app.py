@@ -3,8 +3,8 @@
 :func:`prepare` is what every party does first, identically: load the data and the model, fix
 the protocol's threshold, resolve the DP mechanism and from it the fixed-point range of the
 protocol. The server then evaluates the initial weights, runs the rounds with
-:class:`~fl_core.finetune.server_task.FinetuneServerTask` and evaluates again; the clients
-answer rounds with :class:`~fl_core.finetune.client_task.FinetuneClientTask`.
+:class:`secagg.fl_core.finetune.server_task.FinetuneServerTask` and evaluates again; the clients
+answer rounds with :class:`secagg.fl_core.finetune.client_task.FinetuneClientTask`.
 """
 
 from __future__ import annotations
@@ -15,12 +15,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from fl_core.checkpoint import Checkpoint
-from fl_core.finetune.job import FinetuneJob, JobError
-from fl_core.finetune.party import JobData, build_job_model, load_job_data
-from fl_core.finetune.privacy import ResolvedDp, resolve_dp
-from models import AdaptedModel
-from protocols.config import SecAggConfig
+from secagg.fl_core.checkpoint import Checkpoint
+from secagg.fl_core.finetune.job import FinetuneJob, JobError
+from secagg.fl_core.finetune.party import JobData, build_job_model, load_job_data
+from secagg.fl_core.finetune.privacy import ResolvedDp, resolve_dp
+from secagg.models import AdaptedModel
+from secagg.protocols.config import SecAggConfig
 
 __all__ = ["Prepared", "final_summary", "prepare", "write_summary"]
 

@@ -11,7 +11,7 @@ import argparse
 from dataclasses import fields
 from typing import Any
 
-from fl_core.finetune.job import FinetuneJob
+from secagg.fl_core.finetune.job import FinetuneJob
 
 __all__ = ["add_job_args", "job_from_args"]
 

@@ -1,9 +1,9 @@
 """The fine-tuning job's client side: from the global weights to this party's contribution.
 
-Called once per round by :func:`fl_core.client_app.run_client` with the global adapter weights
-the server broadcast; returns the vector the secure aggregation protocol sums (see
-:mod:`fl_core.finetune.privacy` for the four DP modes). Noise comes from a
-:class:`~fl_core.dp.NoiseSource` (AES-CTR keyed from the OS CSPRNG); record sampling uses the
+Called once per round by :func:`secagg.fl_core.client_app.run_client` with the global adapter
+weights the server broadcast; returns the vector the secure aggregation protocol sums (see
+:mod:`secagg.fl_core.finetune.privacy` for the four DP modes). Noise comes from a
+:class:`secagg.fl_core.dp.NoiseSource` (AES-CTR keyed from the OS CSPRNG); record sampling uses the
 same source. The training data never leaves this object.
 """
 
@@ -19,16 +19,23 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from fl_core.dp import NoiseSource, Placement, Unit, add_distributed_noise, add_local_noise, clip_l2
-from fl_core.finetune.job import FinetuneJob
-from fl_core.finetune.privacy import ResolvedDp
-from models import AdaptedModel, Dataset, TrainConfig, train_local
-from models.dp_grad import clipped_grad_sum, poisson_indices
-from models.dp_train import DpSgdConfig, train_local_dp
+from secagg.fl_core.dp import (
+    NoiseSource,
+    Placement,
+    Unit,
+    add_distributed_noise,
+    add_local_noise,
+    clip_l2,
+)
+from secagg.fl_core.finetune.job import FinetuneJob
+from secagg.fl_core.finetune.privacy import ResolvedDp
+from secagg.models import AdaptedModel, Dataset, TrainConfig, train_local
+from secagg.models.dp_grad import clipped_grad_sum, poisson_indices
+from secagg.models.dp_train import DpSgdConfig, train_local_dp
 
 __all__ = ["FinetuneClientTask"]
 
-log = logging.getLogger("fl_core.finetune")
+log = logging.getLogger("secagg.fl_core.finetune")
 
 Vector = npt.NDArray[np.float64]
 

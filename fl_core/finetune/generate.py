@@ -6,8 +6,8 @@ from typing import Any
 
 import torch
 
-from models import AdaptedModel, Dataset, InstructionData
-from models.batching import _prompt_text
+from secagg.models import AdaptedModel, Dataset, InstructionData
+from secagg.models.batching import _prompt_text
 
 __all__ = ["sample_generations"]
 

@@ -9,7 +9,7 @@ Privacy (``dp``): ``"record"`` protects each training example, ``"client"`` a pa
 ``"none"`` turns DP off (plain secure FedAvg). ``noise``: ``"distributed"`` (each party adds a
 share of the noise; the secure sum carries the full ``sigma * C``) or ``"local"`` (each party adds
 the full noise itself: DP-LoRA). The noise multiplier is either given or solved from ``epsilon``
-for the planned number of rounds (:func:`fl_core.finetune.privacy.resolve_dp`).
+for the planned number of rounds (:func:`secagg.fl_core.finetune.privacy.resolve_dp`).
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ class FinetuneJob:
 
     Attributes (the ``secagg run`` flag of the same name sets each):
         model: ``"minilm"``, ``"smollm2"``, a local Hugging Face folder or a GGUF path.
-        data: a packaged data set name (``models.PACKAGED_DATASETS``) or a CSV/JSONL path.
+        data: a packaged data set name (``secagg.models.PACKAGED_DATASETS``) or a CSV/JSONL path.
         adapter: ``"lora"``, ``"prefix"``, ``"prompt"`` or ``"full"``.
         num_clients: parties holding data (ids 1..num_clients); the cohort is ``n``.
         partition: ``"iid"`` or ``"dirichlet"`` (label skew with ``alpha``).

@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 
-from fl_core.finetune.job import FinetuneJob, JobError
-from models import (
+from secagg.fl_core.finetune.job import FinetuneJob, JobError
+from secagg.models import (
     PACKAGED_DATASETS,
     AdaptedModel,
     AdapterConfig,
@@ -26,9 +26,9 @@ from models import (
     load_packaged,
     train_test_split,
 )
-from models.errors import DataFormatError
-from models.loading import TaskKind
-from models.partition import dirichlet_partition, iid_partition
+from secagg.models.errors import DataFormatError
+from secagg.models.loading import TaskKind
+from secagg.models.partition import dirichlet_partition, iid_partition
 
 __all__ = ["JobData", "adapter_config", "build_job_model", "load_job_data", "task_kind"]
 
@@ -109,7 +109,7 @@ def build_job_model(job: FinetuneJob, data: JobData) -> AdaptedModel:
     """The pretrained model with the job's adapter, initialised identically by every party.
 
     Raises:
-        AssetNotFoundError, UnsupportedModelError: see :func:`models.build_model`.
+        AssetNotFoundError, UnsupportedModelError: see :func:`secagg.models.build_model`.
     """
     kind = task_kind(data.train)
     return build_model(job.model, task=kind, adapter=adapter_config(job), init_seed=job.seed,

@@ -5,9 +5,9 @@ Four modes (``job.dp`` x ``job.noise``), one public resolution every party compu
 - record / distributed: each round every party Poisson-samples its records (rate ``q =
   records_per_round / N`` over all ``N`` records), sums their per-example gradients clipped to
   ``C``, divides by ``C`` and adds a discrete Gaussian share on the grid ``2^-grid_scale``
-  (:func:`fl_core.dp.add_distributed_noise`). The secure sum over at least ``t`` survivors (the
-  protocol threshold) carries noise of standard deviation ``sigma`` (in units of ``C``); the server
-  divides by ``q N / C`` and takes an Adam step. One accountant step per round, rate ``q``.
+  (:func:`secagg.fl_core.dp.add_distributed_noise`). The secure sum over at least ``t`` survivors
+  (the protocol threshold) carries noise of standard deviation ``sigma`` (in units of ``C``); the
+  server divides by ``q N / C`` and takes an Adam step. One accountant step per round, rate ``q``.
 - record / local (DP-LoRA): each party adds the full noise ``sigma C`` itself. With one local
   step it sends its noised clipped-gradient sum and the server steps exactly as above (only the
   noise placement differs); with ``local_steps > 1`` it runs that many DP-SGD steps on its own
@@ -27,7 +27,7 @@ import math
 from dataclasses import dataclass, replace
 from typing import Any
 
-from fl_core.dp import (
+from secagg.fl_core.dp import (
     DpConfig,
     Placement,
     PrivacyAccountant,
@@ -36,7 +36,7 @@ from fl_core.dp import (
     client_level_warning,
     effective_noise_multiplier,
 )
-from fl_core.finetune.job import FinetuneJob, JobError
+from secagg.fl_core.finetune.job import FinetuneJob, JobError
 
 __all__ = ["ResolvedDp", "resolve_dp"]
 
@@ -49,7 +49,7 @@ class ResolvedDp:
     """The job's privacy, resolved for a model of ``dim`` trainable values.
 
     ``config`` is None when DP is off. ``accountant_rate`` / ``accountant_multiplier`` /
-    ``steps_per_round`` feed :class:`~fl_core.dp.PrivacyAccountant`; ``protocol_clip`` and
+    ``steps_per_round`` feed :class:`secagg.fl_core.dp.PrivacyAccountant`; ``protocol_clip`` and
     ``protocol_scale`` are the fixed-point range and fractional bits of the protocol config.
     """
 

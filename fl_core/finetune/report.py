@@ -18,7 +18,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from fl_core.finetune.app import write_summary
+from secagg.fl_core.finetune.app import write_summary
 
 __all__ = ["finish_run", "time_split"]
 

@@ -21,23 +21,23 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from fl_core.dp import Placement, PrivacyAccountant, Unit
-from fl_core.driver import RoundOutcome
-from fl_core.finetune.job import FinetuneJob
-from fl_core.finetune.party import JobData
-from fl_core.finetune.privacy import ResolvedDp
-from models import AdaptedModel, evaluate
+from secagg.fl_core.dp import Placement, PrivacyAccountant, Unit
+from secagg.fl_core.driver import RoundOutcome
+from secagg.fl_core.finetune.job import FinetuneJob
+from secagg.fl_core.finetune.party import JobData
+from secagg.fl_core.finetune.privacy import ResolvedDp
+from secagg.models import AdaptedModel, evaluate
 
 __all__ = ["FinetuneServerTask"]
 
-log = logging.getLogger("fl_core.finetune")
+log = logging.getLogger("secagg.fl_core.finetune")
 
 Vector = npt.NDArray[np.float64]
 _BETA1, _BETA2, _EPS = 0.9, 0.999, 1e-8
 
 
 class FinetuneServerTask:
-    """:class:`~fl_core.tasks.ServerTask` of a fine-tuning job."""
+    """:class:`secagg.fl_core.tasks.ServerTask` of a fine-tuning job."""
 
     def __init__(self, job: FinetuneJob, model: AdaptedModel, data: JobData, dp: ResolvedDp,
                  *, cohort: int, on_eval: Callable[[dict[str, Any]], None] | None = None,

@@ -21,7 +21,7 @@ round completes if at least the threshold survive. Passive mode only (no Ed25519
 over Flower yet).
 """
 
-from fl_core.flower.mod import flatten_arrays, secagg_mod
-from fl_core.flower.workflow import FlowerRound, SecAggWorkflow
+from secagg.fl_core.flower.mod import flatten_arrays, secagg_mod
+from secagg.fl_core.flower.workflow import FlowerRound, SecAggWorkflow
 
 __all__ = ["FlowerRound", "SecAggWorkflow", "flatten_arrays", "secagg_mod"]

@@ -18,14 +18,14 @@ import struct
 from collections.abc import Callable
 from typing import Any, Final
 
-from protocols import labels
-from protocols.client import SecAggClient
-from protocols.config import SecAggConfig
-from protocols.errors import RemoteProtocolError
 from secagg import kex
 from secagg.aead import Aead
 from secagg.ckks import CkksPublicContext, CkksSecretContext
 from secagg.kex import KeyPair
+from secagg.protocols import labels
+from secagg.protocols.client import SecAggClient
+from secagg.protocols.config import SecAggConfig
+from secagg.protocols.errors import RemoteProtocolError
 from secagg.sign import SigningKey
 
 __all__ = [

@@ -17,10 +17,10 @@ from flwr.server.workflow.constant import MAIN_CONFIGS_RECORD, MAIN_PARAMS_RECOR
 from flwr.server.workflow.constant import Key as WorkflowKey
 from flwr.serverapp.grid import Grid
 
-from protocols.errors import RemoteProtocolError, ThresholdError
+from secagg.protocols.errors import RemoteProtocolError, ThresholdError
 
 if TYPE_CHECKING:
-    from fl_core.flower.workflow import SecAggWorkflow
+    from secagg.fl_core.flower.workflow import SecAggWorkflow
 
 __all__ = ["legacy_fit_round"]
 

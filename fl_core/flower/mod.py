@@ -7,14 +7,15 @@ Put it in the ``ClientApp``'s ``mods`` in place of Flower's ``secaggplus_mod``. 
   earlier one this node started, so one round id never gets two masked inputs): calls the
   app (``call_next``) to train, flattens every ArrayRecord of its reply into one float vector
   ``x`` (``num_examples`` is the weight in weighted mode), builds the round's participant
-  (:func:`protocols.create_client`) from the public facts in the record and returns its
+  (:func:`secagg.protocols.create_client`) from the public facts in the record and returns its
   first message; the reply keeps the app's metrics and configs but its arrays are emptied
   (as ``secaggplus_mod`` does).
 * ``phase="step"``: hands the server's wire bytes to the participant, returns its answer.
   CKKS: when the participant is done it holds the decrypted sum; it is written to
   ``Context.state`` and, if the server asked (``reveal``), returned as an ArrayRecord.
 * ``phase="keys"`` / ``"keys-step"``: the CKKS key setup
-  (:class:`protocols.keysetup.KeySetupClient`); the secret context stays in ``Context.state``.
+  (:class:`secagg.protocols.keysetup.KeySetupClient`); the secret context stays in
+  ``Context.state``.
 
 Between messages the participant lives in ``Context.state`` (see :mod:`._state`).
 """
@@ -29,7 +30,8 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
 from flwr.app.message_type import MessageType
 from flwr.clientapp.typing import ClientAppCallable
 
-from fl_core.flower._state import (
+from secagg.ckks import CkksSecretContext
+from secagg.fl_core.flower._state import (
     RECORD,
     STATE,
     config_from_json,
@@ -38,16 +40,15 @@ from fl_core.flower._state import (
     loads_state,
     split_frames,
 )
-from protocols.context import RoundContext
-from protocols.encoding import Aggregate
-from protocols.epoch import EpochContext
-from protocols.errors import LocalProtocolError, RemoteProtocolError
-from protocols.harness import create_client
-from protocols.keysetup import KeySetupClient
-from protocols.participant import ClientBase
-from protocols.transitions import ClientStage
-from protocols.wire import encode
-from secagg.ckks import CkksSecretContext
+from secagg.protocols.context import RoundContext
+from secagg.protocols.encoding import Aggregate
+from secagg.protocols.epoch import EpochContext
+from secagg.protocols.errors import LocalProtocolError, RemoteProtocolError
+from secagg.protocols.harness import create_client
+from secagg.protocols.keysetup import KeySetupClient
+from secagg.protocols.participant import ClientBase
+from secagg.protocols.transitions import ClientStage
+from secagg.protocols.wire import encode
 
 __all__ = ["SUM_RECORD", "flatten_arrays", "secagg_mod"]
 

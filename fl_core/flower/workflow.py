@@ -1,6 +1,6 @@
 """``SecAggWorkflow``: the server side of our protocols over a Flower ``Grid``.
 
-It plays the sans-IO server (:func:`protocols.create_server`) and carries its messages as
+It plays the sans-IO server (:func:`secagg.protocols.create_server`) and carries its messages as
 ``train`` Messages with a ``"secagg"`` ConfigRecord (wire bytes in ``"data"``). Each stage is
 one ``grid.send_and_receive``; whoever returns an error reply (its ClientApp raised), sends
 nothing usable, or is not back before ``timeout`` is reported to the server as missing
@@ -8,12 +8,13 @@ nothing usable, or is not back before ``timeout`` is reported to the server as m
 
 Flower node ids are mapped to protocol ids ``0..n-1`` in ascending node-id order each round.
 CKKS: before the first round, and whenever the sampled nodes change, a key setup runs over the
-same carrier (:mod:`protocols.keysetup`: a leader client generates the key, the server relays
+same carrier (:mod:`secagg.protocols.keysetup`: a leader client generates the key, the server relays
 AEAD ciphertexts and keeps only the public context). The decrypted sum is held by the clients;
 with ``reveal_ckks_sum=True`` (needed to hand the aggregate to a Flower ``Strategy``) they
 return it and the workflow checks that all of them agree.
 
-Used as ``DefaultWorkflow(fit_workflow=SecAggWorkflow("secagg+"))`` (see :mod:`fl_core.flower`).
+Used as ``DefaultWorkflow(fit_workflow=SecAggWorkflow("secagg+"))`` (see
+:mod:`secagg.fl_core.flower`).
 """
 
 from __future__ import annotations
@@ -30,18 +31,18 @@ from flwr.app import ConfigRecord, Message, RecordDict
 from flwr.app.message_type import MessageType
 from flwr.serverapp.grid import Grid
 
-from fl_core.flower._state import RECORD, config_to_json, join_frames, split_frames
-from fl_core.flower.mod import SUM_RECORD
-from protocols.config import ProtocolKind, SecAggConfig
-from protocols.context import RoundContext
-from protocols.epoch import EpochContext
-from protocols.errors import ConfigError, ProtocolError, RemoteProtocolError
-from protocols.harness import create_server
-from protocols.keysetup import EpochKeys, KeySetupServer
-from protocols.messages import Message as ProtoMessage
-from protocols.participant import ServerBase
-from protocols.transitions import ServerStage
-from protocols.wire import encode
+from secagg.fl_core.flower._state import RECORD, config_to_json, join_frames, split_frames
+from secagg.fl_core.flower.mod import SUM_RECORD
+from secagg.protocols.config import ProtocolKind, SecAggConfig
+from secagg.protocols.context import RoundContext
+from secagg.protocols.epoch import EpochContext
+from secagg.protocols.errors import ConfigError, ProtocolError, RemoteProtocolError
+from secagg.protocols.harness import create_server
+from secagg.protocols.keysetup import EpochKeys, KeySetupServer
+from secagg.protocols.messages import Message as ProtoMessage
+from secagg.protocols.participant import ServerBase
+from secagg.protocols.transitions import ServerStage
+from secagg.protocols.wire import encode
 
 __all__ = ["FlowerRound", "SecAggWorkflow"]
 
@@ -81,7 +82,7 @@ class SecAggWorkflow:
 
     def __init__(self, protocol: str, *, timeout: float | None = None,
                  reveal_ckks_sum: bool = True, **config_args: Any) -> None:
-        """``config_args`` are :class:`~protocols.config.SecAggConfig` keywords except ``n``
+        """``config_args`` are :class:`secagg.protocols.config.SecAggConfig` keywords except ``n``
         (the number of sampled nodes, set each round). Passive mode only.
 
         Raises:
@@ -255,7 +256,7 @@ class SecAggWorkflow:
 
     def __call__(self, grid: Grid, context: Any) -> None:
         """Run one fit round for a ``LegacyContext`` (``DefaultWorkflow(fit_workflow=...)``)."""
-        from fl_core.flower.legacy import legacy_fit_round
+        from secagg.fl_core.flower.legacy import legacy_fit_round
 
         legacy_fit_round(self, grid, context)
 

@@ -11,8 +11,13 @@ from dataclasses import dataclass
 import pytest
 import zmq
 
-from fl_core.keys import Allowlist, ClientKeys, CurveKeyPair
-from fl_core.transport import ClientTransport, ServerTransport, SocketOptions, TransportLimits
+from secagg.fl_core.keys import Allowlist, ClientKeys, CurveKeyPair
+from secagg.fl_core.transport import (
+    ClientTransport,
+    ServerTransport,
+    SocketOptions,
+    TransportLimits,
+)
 
 ANY_PORT = "tcp://127.0.0.1:*"
 WAIT_MS = 5_000  # upper bound of any single wait; tests normally finish far sooner

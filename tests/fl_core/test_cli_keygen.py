@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from fl_core import cli, keyfiles
+from secagg.fl_core import cli, keyfiles
 
 
 def _mode(p: Path) -> int:
@@ -70,7 +70,7 @@ def test_parse_ids() -> None:
 
 def test_console_script_keygen_and_bench_registry(tmp_path: Path) -> None:
     proc = subprocess.run(
-        [sys.executable, "-m", "fl_core.cli", "keygen", "server", "--out", str(tmp_path)],
+        [sys.executable, "-m", "secagg.fl_core.cli", "keygen", "server", "--out", str(tmp_path)],
         capture_output=True, text=True, timeout=60,
     )
     assert proc.returncode == 0, proc.stderr

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from fl_core import cli, commands, config_file, runner
+from secagg.fl_core import cli, commands, config_file, runner
 
 FILE = """
 protocol = "secagg"

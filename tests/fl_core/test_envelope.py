@@ -8,7 +8,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from fl_core.envelope import (
+from secagg.errors import SecAggError
+from secagg.fl_core.envelope import (
     ENVELOPE_VERSION,
     HEADER_BYTES,
     MAGIC,
@@ -17,9 +18,8 @@ from fl_core.envelope import (
     check_frames,
     decode_header,
 )
-from fl_core.errors import EnvelopeError
-from protocols.context import MAX_CLIENT_ID, MAX_ROUND_ID
-from secagg.errors import SecAggError
+from secagg.fl_core.errors import EnvelopeError
+from secagg.protocols.context import MAX_CLIENT_ID, MAX_ROUND_ID
 
 HEAD = struct.Struct(">2sBBQIQ")
 

@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 import zmq
 
-from fl_core import keyfiles
-from fl_core.errors import InsecureKeyFile, KeyBindingError, KeyFileError, KeyFileExists
-from fl_core.keys import Allowlist, ClientCard, ClientKeys, CurveKeyPair, binding_message
 from secagg.errors import InvalidKeyError, SecAggError
+from secagg.fl_core import keyfiles
+from secagg.fl_core.errors import InsecureKeyFile, KeyBindingError, KeyFileError, KeyFileExists
+from secagg.fl_core.keys import Allowlist, ClientCard, ClientKeys, CurveKeyPair, binding_message
 from secagg.sign import SigningKey
 
 

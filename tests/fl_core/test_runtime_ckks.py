@@ -18,16 +18,16 @@ from typing import Any
 import numpy as np
 import pytest
 
-from fl_core import keyfiles, keys
-from fl_core.checkpoint import resume
-from fl_core.rounds import STAGE_NUMBERS, synthetic_update
-from fl_core.server_app import encsum_path
-from protocols.transitions import ServerStage
+from secagg.fl_core import keyfiles, keys
+from secagg.fl_core.checkpoint import resume
+from secagg.fl_core.rounds import STAGE_NUMBERS, synthetic_update
+from secagg.fl_core.server_app import encsum_path
+from secagg.protocols.transitions import ServerStage
 from tests.fl_core.test_runtime_processes import free_port
 
 pytestmark = pytest.mark.slow
 
-PY = [sys.executable, "-m", "fl_core.cli"]
+PY = [sys.executable, "-m", "secagg.fl_core.cli"]
 N = 8
 ROUNDS = 5
 DIM = 48

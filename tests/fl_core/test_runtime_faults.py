@@ -26,13 +26,13 @@ import numpy as np
 import pytest
 import zmq
 
-from fl_core import keyfiles, keys
-from fl_core.envelope import Envelope
-from fl_core.rounds import limits_for, synthetic_update
+from secagg.fl_core import keyfiles, keys
+from secagg.fl_core.envelope import Envelope
+from secagg.fl_core.rounds import limits_for, synthetic_update
 
 pytestmark = pytest.mark.slow
 
-PY = [sys.executable, "-m", "fl_core.cli"]
+PY = [sys.executable, "-m", "secagg.fl_core.cli"]
 N = 8
 DIM = 64
 THRESHOLD = 5  # SecAgg+ with n=8 (protocols.config)

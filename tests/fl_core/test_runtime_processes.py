@@ -15,14 +15,14 @@ from typing import Any
 import numpy as np
 import pytest
 
-from fl_core import keyfiles, keys
-from fl_core.checkpoint import resume
-from fl_core.rounds import synthetic_update
+from secagg.fl_core import keyfiles, keys
+from secagg.fl_core.checkpoint import resume
+from secagg.fl_core.rounds import synthetic_update
 from tests.fl_core._reap import reap
 
 pytestmark = pytest.mark.slow
 
-PY = [sys.executable, "-m", "fl_core.cli"]
+PY = [sys.executable, "-m", "secagg.fl_core.cli"]
 N = 8
 DIM = 64
 TOL = 1e-3  # fixed point: 2^-17 per value and client at scale 16

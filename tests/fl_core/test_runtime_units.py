@@ -8,10 +8,10 @@ from typing import Any
 import numpy as np
 import pytest
 
-from fl_core.checkpoint import Checkpoint, CheckpointError, resume, write_atomic
-from fl_core.cli import main
-from fl_core.errors import EnvelopeError
-from fl_core.rounds import (
+from secagg.fl_core.checkpoint import Checkpoint, CheckpointError, resume, write_atomic
+from secagg.fl_core.cli import main
+from secagg.fl_core.errors import EnvelopeError
+from secagg.fl_core.rounds import (
     CONTROL,
     RoundStart,
     control_message,
@@ -19,7 +19,7 @@ from fl_core.rounds import (
     parse_control,
     synthetic_update,
 )
-from protocols.transitions import ServerStage
+from secagg.protocols.transitions import ServerStage
 
 
 def test_checkpoint_round_trip_and_atomic_write(tmp_path: Path) -> None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from models import AdaptedModel, AdapterConfig, TaskKind, build_model
+from secagg.models import AdaptedModel, AdapterConfig, TaskKind, build_model
 
 
 def minilm(adapter: AdapterConfig | None = None, *, num_labels: int = 2) -> AdaptedModel:

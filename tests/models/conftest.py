@@ -12,7 +12,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import numpy as np
 import pytest
 
-from models import ClassificationData, load_packaged
+from secagg.models import ClassificationData, load_packaged
 
 
 @pytest.fixture(scope="session")

@@ -7,7 +7,7 @@ import pytest
 import torch
 from peft import set_peft_model_state_dict
 
-from models import (
+from secagg.models import (
     AdaptedModel,
     AdapterConfig,
     AdapterConfigError,

@@ -8,16 +8,16 @@ import numpy as np
 import pytest
 import torch
 
-from models import (
+from secagg.models import (
     AdapterConfig,
     ClassificationData,
     TrainConfig,
     iid_partition,
     train_local,
 )
-from models.adapted import AdaptedModel
-from models.client_batch import client_updates
-from models.errors import AdapterConfigError
+from secagg.models.adapted import AdaptedModel
+from secagg.models.client_batch import client_updates
+from secagg.models.errors import AdapterConfigError
 from tests.models._build import minilm as build_minilm
 
 

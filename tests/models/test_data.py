@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from models import (
+from secagg.models import (
     PACKAGED_DATASETS,
     AssetNotFoundError,
     ClassificationData,
@@ -22,7 +22,7 @@ from models import (
     load_packaged,
     train_test_split,
 )
-from models.assets import package_dir
+from secagg.models.assets import package_dir
 
 EXPECTED = {  # name: (examples, label names or their count)
     "sms-spam": (4512, ("ham", "spam")),

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from models import (
+from secagg.models import (
     AdapterConfig,
     ClassificationData,
     TaskKind,
@@ -14,8 +14,8 @@ from models import (
     load_packaged,
     make_batch,
 )
-from models.adapted import AdaptedModel
-from models.dp_grad import clipped_grad_sum, per_example_loss, poisson_indices, trainables
+from secagg.models.adapted import AdaptedModel
+from secagg.models.dp_grad import clipped_grad_sum, per_example_loss, poisson_indices, trainables
 from tests.models._build import minilm as build_minilm
 
 

@@ -7,11 +7,11 @@ import pytest
 import torch
 from numpy.typing import NDArray
 
-from models import ClassificationData, evaluate, make_batch
-from models.adapted import AdaptedModel
-from models.dp_grad import trainables
-from models.dp_train import DpSgdConfig, train_local_dp
-from models.errors import AdapterConfigError
+from secagg.models import ClassificationData, evaluate, make_batch
+from secagg.models.adapted import AdaptedModel
+from secagg.models.dp_grad import trainables
+from secagg.models.dp_train import DpSgdConfig, train_local_dp
+from secagg.models.errors import AdapterConfigError
 from tests.models._build import minilm as build_minilm
 
 

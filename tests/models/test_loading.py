@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-import models.assets as assets
-from models import (
+import secagg.models.assets as assets
+from secagg.models import (
     AdapterConfig,
     AssetNotFoundError,
     InstructionData,

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from models import (
+from secagg.models import (
     DtypeMismatchError,
     MissingKeysError,
     ParamSpec,

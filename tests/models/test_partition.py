@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from models import (
+from secagg.models import (
     PartitionError,
     dirichlet_partition,
     iid_partition,

@@ -7,7 +7,7 @@ import time
 import numpy as np
 import pytest
 
-from models import (
+from secagg.models import (
     AdaptedModel,
     AdapterConfigError,
     ClassificationData,

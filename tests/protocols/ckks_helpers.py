@@ -10,9 +10,9 @@ import functools
 from collections.abc import Iterable
 from typing import Any
 
-from protocols import RoundContext, SecAggConfig, create_client, create_server
-from protocols.ckks_harness import CkksKeyring, setup_keys
-from protocols.messages import (
+from secagg.protocols import RoundContext, SecAggConfig, create_client, create_server
+from secagg.protocols.ckks_harness import CkksKeyring, setup_keys
+from secagg.protocols.messages import (
     CkksInput,
     EncryptedSum,
     KeyAdvert,
@@ -24,7 +24,7 @@ from protocols.messages import (
     Message,
     MsgType,
 )
-from protocols.transitions import ClientStage, ServerStage
+from secagg.protocols.transitions import ClientStage, ServerStage
 from tests.protocols.helpers import make_config, make_inputs, roundtrip
 
 CKKS_ONLY_CLIENT_STAGES = {ClientStage.AWAIT_KEY, ClientStage.AWAIT_SUM}

@@ -7,10 +7,10 @@ from typing import Any
 
 import numpy as np
 
-from protocols import RoundContext, SecAggConfig, create_client, create_server, wire
-from protocols.harness import STAGES
-from protocols.messages import Message
-from protocols.transitions import ClientStage, ServerStage
+from secagg.protocols import RoundContext, SecAggConfig, create_client, create_server, wire
+from secagg.protocols.harness import STAGES
+from secagg.protocols.messages import Message
+from secagg.protocols.transitions import ClientStage, ServerStage
 from secagg.sign import SigningKey
 
 

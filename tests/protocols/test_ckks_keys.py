@@ -11,7 +11,10 @@ from typing import Any
 import numpy as np
 import pytest
 
-from protocols import (
+from secagg.ckks import CkksSecretContext, decrypt_ints
+from secagg.ckks_wire import context_proto_field, decode_envelope
+from secagg.errors import CkksError
+from secagg.protocols import (
     CkksFederation,
     LocalProtocolError,
     RemoteProtocolError,
@@ -19,14 +22,11 @@ from protocols import (
     run_round,
     wire,
 )
-from protocols.ckks_harness import KeySetupSimulation, setup_keys
-from protocols.epoch import EpochContext
-from protocols.harness import RoundSimulation
-from protocols.messages import KeyDelivery
-from protocols.transitions import ClientStage, ServerStage
-from secagg.ckks import CkksSecretContext, decrypt_ints
-from secagg.ckks_wire import context_proto_field, decode_envelope
-from secagg.errors import CkksError
+from secagg.protocols.ckks_harness import KeySetupSimulation, setup_keys
+from secagg.protocols.epoch import EpochContext
+from secagg.protocols.harness import RoundSimulation
+from secagg.protocols.messages import KeyDelivery
+from secagg.protocols.transitions import ClientStage, ServerStage
 from tests.protocols.ckks_helpers import ckks_config
 
 # -- the server never holds a secret key -------------------------------------------------

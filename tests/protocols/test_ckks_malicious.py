@@ -11,16 +11,16 @@ from typing import Any
 import numpy as np
 import pytest
 
-from protocols import ProtocolError, RemoteProtocolError, ThresholdError, wire
-from protocols.ckks_harness import setup_keys
-from protocols.ckks_round import encrypt_upload
-from protocols.harness import RoundSimulation
-from protocols.messages import CkksInput, EncryptedSum
-from protocols.transitions import ClientStage, ServerStage
 from secagg import rng
 from secagg.ckks import CkksSecretContext, decrypt_ints, encrypt_ints
 from secagg.ckks_sum import CkksSum
 from secagg.ckks_wire import CHUNK_HEADER_BYTES
+from secagg.protocols import ProtocolError, RemoteProtocolError, ThresholdError, wire
+from secagg.protocols.ckks_harness import setup_keys
+from secagg.protocols.ckks_round import encrypt_upload
+from secagg.protocols.harness import RoundSimulation
+from secagg.protocols.messages import CkksInput, EncryptedSum
+from secagg.protocols.transitions import ClientStage, ServerStage
 from tests.protocols.ckks_helpers import CkksDriver, ckks_config, keyring
 from tests.protocols.helpers import bound, roundtrip
 

@@ -11,7 +11,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from protocols import (
+from secagg.ckks import PRESETS
+from secagg.protocols import (
     ConfigError,
     LocalProtocolError,
     RoundContext,
@@ -19,10 +20,9 @@ from protocols import (
     ThresholdError,
     run_round,
 )
-from protocols.config import CKKS_MIN_SCALE
-from protocols.harness import STAGES, RoundSimulation
-from protocols.transitions import ClientStage
-from secagg.ckks import PRESETS
+from secagg.protocols.config import CKKS_MIN_SCALE
+from secagg.protocols.harness import STAGES, RoundSimulation
+from secagg.protocols.transitions import ClientStage
 from tests.protocols.ckks_helpers import ckks_config, keyring
 from tests.protocols.helpers import bound, make_config
 from tests.protocols.test_round import completes

@@ -9,11 +9,11 @@ from typing import Any
 import numpy as np
 import pytest
 
-from protocols import LocalProtocolError, RemoteProtocolError, ThresholdError
-from protocols.epoch import EpochContext
-from protocols.keysetup import KeySetupClient, KeySetupServer
-from protocols.messages import Message, MsgType
-from protocols.transitions import (
+from secagg.protocols import LocalProtocolError, RemoteProtocolError, ThresholdError
+from secagg.protocols.epoch import EpochContext
+from secagg.protocols.keysetup import KeySetupClient, KeySetupServer
+from secagg.protocols.messages import Message, MsgType
+from secagg.protocols.transitions import (
     START,
     ClientStage,
     ServerStage,

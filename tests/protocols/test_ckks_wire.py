@@ -9,8 +9,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from protocols import RemoteProtocolError, wire
-from protocols.messages import (
+from secagg.packing import packed_size
+from secagg.protocols import RemoteProtocolError, wire
+from secagg.protocols.messages import (
     CkksInput,
     EncryptedSum,
     KeyAdvert,
@@ -22,7 +23,6 @@ from protocols.messages import (
     Message,
     MsgType,
 )
-from secagg.packing import packed_size
 from tests.protocols.test_wire import _check_decoder, cids, ids, keys, rounds, sigs
 
 blobs = st.binary(min_size=1, max_size=40)

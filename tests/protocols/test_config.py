@@ -8,9 +8,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from protocols import ConfigError, ProtocolKind, SecAggConfig
-from protocols.params import _upper_quantile, graph_parameters, min_threshold
 from secagg.fixedpoint import FixedPointConfig, Rounding
+from secagg.protocols import ConfigError, ProtocolKind, SecAggConfig
+from secagg.protocols.params import _upper_quantile, graph_parameters, min_threshold
 
 
 def test_issue_example_and_strings() -> None:

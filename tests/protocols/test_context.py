@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from protocols import (
+from secagg.errors import SecAggError
+from secagg.protocols import (
     ConfigError,
     InputError,
     LocalProtocolError,
@@ -15,8 +16,7 @@ from protocols import (
     ThresholdError,
     labels,
 )
-from protocols.encoding import Aggregate, check_input, decode_aggregate, encode_input
-from secagg.errors import SecAggError
+from secagg.protocols.encoding import Aggregate, check_input, decode_aggregate, encode_input
 from secagg.sign import SigningKey
 from tests.protocols.helpers import make_config
 

@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from protocols import RoundContext
-from protocols.graph import NeighbourGraph, graph_seed, round_graph
+from secagg.protocols import RoundContext
+from secagg.protocols.graph import NeighbourGraph, graph_seed, round_graph
 from tests.protocols.helpers import make_config
 
 

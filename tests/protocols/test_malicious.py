@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from protocols import (
+from secagg.protocols import (
     ClientStage,
     InputError,
     LocalProtocolError,
@@ -22,8 +22,8 @@ from protocols import (
     run_round,
     wire,
 )
-from protocols.harness import RoundSimulation
-from protocols.messages import (
+from secagg.protocols.harness import RoundSimulation
+from secagg.protocols.messages import (
     ConsistencyRequest,
     Roster,
     RosterEntry,

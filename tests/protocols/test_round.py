@@ -10,10 +10,10 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from protocols import RoundContext, SecAggConfig, ThresholdError, run_round
-from protocols.graph import round_graph
-from protocols.harness import STAGES, RoundSimulation
-from protocols.params import min_threshold
+from secagg.protocols import RoundContext, SecAggConfig, ThresholdError, run_round
+from secagg.protocols.graph import round_graph
+from secagg.protocols.harness import STAGES, RoundSimulation
+from secagg.protocols.params import min_threshold
 from tests.protocols.helpers import bound, make_config, make_inputs
 
 
@@ -170,9 +170,9 @@ class Tap(RoundSimulation):
         self.uploads: dict[int, Any] = {}
 
     def to_server(self, cid: int, stage: Any, data: bytes) -> bytes | None:
-        from protocols import wire
-        from protocols.messages import MaskedInput
         from secagg.packing import unpack
+        from secagg.protocols import wire
+        from secagg.protocols.messages import MaskedInput
 
         msg = wire.decode(data)
         if isinstance(msg, MaskedInput):

@@ -7,7 +7,7 @@ import time
 import numpy as np
 import pytest
 
-from protocols import SecAggConfig, run_round
+from secagg.protocols import SecAggConfig, run_round
 from tests.protocols.helpers import bound
 
 

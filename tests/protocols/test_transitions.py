@@ -7,8 +7,9 @@ from typing import Any
 import numpy as np
 import pytest
 
-from protocols import LocalProtocolError, RemoteProtocolError
-from protocols.messages import (
+from secagg.packing import packed_size
+from secagg.protocols import LocalProtocolError, RemoteProtocolError
+from secagg.protocols.messages import (
     AdvertiseKeys,
     ConsistencyRequest,
     ConsistencySignature,
@@ -22,14 +23,13 @@ from protocols.messages import (
     UnmaskRequest,
     UnmaskResponse,
 )
-from protocols.transitions import (
+from secagg.protocols.transitions import (
     START,
     ClientStage,
     ServerStage,
     client_table,
     server_table,
 )
-from secagg.packing import packed_size
 from tests.protocols.ckks_helpers import (
     CKKS_ONLY_CLIENT_STAGES,
     CKKS_ONLY_SERVER_STAGES,

@@ -9,9 +9,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from protocols import RemoteProtocolError, wire
-from protocols.context import MAX_CLIENT_ID
-from protocols.messages import (
+from secagg.packing import packed_size
+from secagg.protocols import RemoteProtocolError, wire
+from secagg.protocols.context import MAX_CLIENT_ID
+from secagg.protocols.messages import (
     SHARE_CIPHERTEXT_BYTES,
     AdvertiseKeys,
     ConsistencyRequest,
@@ -26,7 +27,6 @@ from protocols.messages import (
     UnmaskRequest,
     UnmaskResponse,
 )
-from secagg.packing import packed_size
 
 rounds = st.integers(0, 2**64 - 1)
 cids = st.integers(0, MAX_CLIENT_ID) | st.integers(0, 50)

@@ -8,7 +8,7 @@ import math
 import dp_accounting  # type: ignore[import-untyped]
 import pytest
 
-from fl_core.dp import (
+from secagg.fl_core.dp import (
     DpConfig,
     DpConfigError,
     Placement,

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from fl_core.dp import (
+from secagg.fl_core.dp import (
     DpConfig,
     DpConfigError,
     NoiseSource,

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from scipy import stats  # type: ignore[import-untyped]
 
-from fl_core.dp.noise import NoiseSource
+from secagg.fl_core.dp.noise import NoiseSource
 
 N = 200_000
 

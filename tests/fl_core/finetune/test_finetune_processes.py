@@ -14,15 +14,15 @@ from typing import Any
 
 import pytest
 
-from fl_core import keyfiles, keys
-from fl_core.checkpoint import resume
-from fl_core.finetune.job import FinetuneJob
-from protocols.config import SecAggConfig
+from secagg.fl_core import keyfiles, keys
+from secagg.fl_core.checkpoint import resume
+from secagg.fl_core.finetune.job import FinetuneJob
+from secagg.protocols.config import SecAggConfig
 from tests.fl_core._reap import reap
 
 pytestmark = pytest.mark.slow
 
-PY = [sys.executable, "-m", "fl_core.cli"]
+PY = [sys.executable, "-m", "secagg.fl_core.cli"]
 CLIENTS = 3
 TINY = ["--clients", str(CLIENTS), "--records-per-round", "24", "--eval-size", "48",
         "--max-length", "32", "--epsilon", "6"]

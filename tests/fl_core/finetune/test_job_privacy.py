@@ -9,13 +9,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fl_core.checkpoint import Checkpoint
-from fl_core.dp import Placement, Unit
-from fl_core.finetune.cli_args import add_job_args, job_from_args
-from fl_core.finetune.job import FinetuneJob, JobError
-from fl_core.finetune.privacy import resolve_dp
-from fl_core.finetune.report import time_split
-from protocols.config import SecAggConfig
+from secagg.fl_core.checkpoint import Checkpoint
+from secagg.fl_core.dp import Placement, Unit
+from secagg.fl_core.finetune.cli_args import add_job_args, job_from_args
+from secagg.fl_core.finetune.job import FinetuneJob, JobError
+from secagg.fl_core.finetune.privacy import resolve_dp
+from secagg.fl_core.finetune.report import time_split
+from secagg.protocols.config import SecAggConfig
 
 SIZES = (2400, 2300, 2500, 2300)
 DIM = 74_498
@@ -136,8 +136,8 @@ def test_time_split_from_client_stats(tmp_path: Path) -> None:
 
 
 def test_user_csv_and_jsonl_data_are_split_and_partitioned(tmp_path: Path) -> None:
-    from fl_core.finetune.party import load_job_data, task_kind
-    from models.loading import TaskKind
+    from secagg.fl_core.finetune.party import load_job_data, task_kind
+    from secagg.models.loading import TaskKind
 
     rows = [f"review number {i} was {'great' if i % 3 else 'awful'}" for i in range(120)]
     csv = tmp_path / "mine.csv"
@@ -161,7 +161,7 @@ def test_user_csv_and_jsonl_data_are_split_and_partitioned(tmp_path: Path) -> No
 
 
 def test_distributed_noise_needs_secure_aggregation() -> None:
-    from fl_core.finetune.app import prepare
+    from secagg.fl_core.finetune.app import prepare
 
     # refused before anything is loaded: each party's share alone would reach the server
     with pytest.raises(JobError, match="distributed noise needs secure aggregation"):

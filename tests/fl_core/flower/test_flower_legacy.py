@@ -1,5 +1,6 @@
 """A classic Flower app (NumPyClient + FedAvg + DefaultWorkflow) switched to our SecAgg by
-the two lines of :mod:`fl_core.flower`'s docstring, under the Ray simulation engine: the global
+the two lines of :mod:`secagg.fl_core.flower`'s docstring, under the Ray simulation engine: the
+global
 model after each round is the mean of the surviving clients' updates; in round 2 one client's
 ``fit`` raises (it drops at the first stage and is left out)."""
 
@@ -19,7 +20,7 @@ from flwr.server.workflow import DefaultWorkflow
 from flwr.server.workflow.constant import MAIN_PARAMS_RECORD
 from flwr.simulation import run_simulation
 
-from fl_core.flower import SecAggWorkflow, secagg_mod
+from secagg.fl_core.flower import SecAggWorkflow, secagg_mod
 
 N, SHAPES, ROUNDS, FAILS = 4, [(3, 5), (7,)], 2, (2, 1)
 """Clients, model layout, rounds, (round, partition) whose fit raises."""

@@ -19,9 +19,9 @@ from flwr.clientapp.typing import ClientAppCallable
 from flwr.serverapp import Grid, ServerApp
 from flwr.simulation import run_simulation
 
-from fl_core.flower import SecAggWorkflow, secagg_mod
-from fl_core.flower._state import RECORD
-from protocols.errors import ThresholdError
+from secagg.fl_core.flower import SecAggWorkflow, secagg_mod
+from secagg.fl_core.flower._state import RECORD
+from secagg.protocols.errors import ThresholdError
 
 N, DIM = 5, 64
 FAIL_PID = 2

@@ -28,7 +28,7 @@ def test_core_imports_without_loading_flwr() -> None:
     import subprocess
     import sys
 
-    code = ("import sys, secagg, protocols, fl_core; "
+    code = ("import sys, secagg, secagg.protocols, secagg.fl_core; "
             "print(any(m == 'flwr' or m.startswith('flwr.') for m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          cwd=ROOT, check=True)

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from fl_core.flower._state import (
+from secagg.fl_core.flower._state import (
     config_from_json,
     config_to_json,
     dumps_state,
@@ -17,10 +17,10 @@ from fl_core.flower._state import (
     loads_state,
     split_frames,
 )
-from protocols import SecAggConfig
-from protocols.ckks_harness import KeySetupSimulation
-from protocols.errors import RemoteProtocolError
-from protocols.harness import RoundSimulation
+from secagg.protocols import SecAggConfig
+from secagg.protocols.ckks_harness import KeySetupSimulation
+from secagg.protocols.errors import RemoteProtocolError
+from secagg.protocols.harness import RoundSimulation
 
 
 def test_frames_round_trip_and_truncation() -> None:
