@@ -13,6 +13,7 @@ import argparse
 import importlib
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 __all__ = ["main"]
 
@@ -156,14 +157,27 @@ def main(argv: Sequence[str] | None = None) -> int:
     if ns.command in ("serve", "client", "run"):
         return _run_runtime(ns)
     if ns.command == "bench":
-        module = importlib.import_module(BENCHMARKS[ns.name])
-        return int(module.main(ns.args))
+        return _bench(ns.name, ns.args)
     if ns.command == "keygen":
         if (ns.role == "client") != (ns.ids is not None):
             ap.error("keygen: --ids is required for client keys and only for them")
         return _keygen(ns)
     ap.error(f"unknown command {ns.command!r}")
     return 2  # pragma: no cover - ap.error exits
+
+
+def _bench(name: str, args: list[str]) -> int:
+    """Run a benchmark from the source checkout this package is installed from (benchmarks/ is
+    not shipped in the wheel); exits 2 with a one-line reason outside a checkout."""
+    checkout = Path(__file__).resolve().parents[1]  # fl_core/ -> the repository root
+    if not (checkout / "benchmarks" / "__init__.py").is_file():
+        print("secagg bench runs from a source checkout (benchmarks/ is not installed): "
+              "clone the repository and pip install -e it", file=sys.stderr)
+        return 2
+    if str(checkout) not in sys.path:
+        sys.path.insert(0, str(checkout))
+    module = importlib.import_module(BENCHMARKS[name])
+    return int(module.main(args))
 
 
 if __name__ == "__main__":
