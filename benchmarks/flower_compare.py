@@ -54,6 +54,7 @@ def client_vector(seed: int, pid: int, dim: int) -> np.ndarray:
 
 def run_side(args: argparse.Namespace, side: str) -> dict[str, Any]:
     """Run ``side`` ("ours" or "flower") in this process; return its record."""
+    import flwr
     import flwr.compat.common.recorddict_compat as compat
     from flwr.client import ClientApp, NumPyClient
     from flwr.client.mod import secaggplus_mod
@@ -161,7 +162,8 @@ def run_side(args: argparse.Namespace, side: str) -> dict[str, Any]:
     timed = [r["round_s"] for r in rounds[1:]] or [r["round_s"] for r in rounds]
     return {
         "side": side, "protocol": "secagg+ (ours, fl_core.flower)" if side == "ours"
-        else "flower SecAggPlusWorkflow", "clients": n, "dim": dim, "dropout": args.dropout,
+        else "flower SecAggPlusWorkflow", "flwr_version": flwr.__version__,
+        "clients": n, "dim": dim, "dropout": args.dropout,
         "dropped_partition_ids": sorted(dropped), "k": args.k, "threshold": args.threshold,
         "rounds": len(rounds), "round_s": statistics.median(timed),
         "round_s_all": [r["round_s"] for r in rounds],

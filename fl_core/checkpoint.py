@@ -67,9 +67,12 @@ class Checkpoint:
         """Step 0, no round run, a zero state of ``dim`` values."""
         return cls(0, 0, 0, np.zeros(dim), membership)
 
-    def reserve(self, round_id: int) -> Checkpoint:
-        """This checkpoint with ``round_id`` marked started (write it before the round)."""
-        return replace(self, last_round_id=max(self.last_round_id, round_id))
+    def reserve(self, round_id: int, *, task_state: dict[str, Any] | None = None
+                ) -> Checkpoint:
+        """This checkpoint with ``round_id`` marked started (write it before the round) and,
+        when given, the task's state as charged for that round (its privacy accountant)."""
+        return replace(self, last_round_id=max(self.last_round_id, round_id),
+                       accountant=task_state if task_state is not None else self.accountant)
 
     def apply(self, round_id: int, aggregate: npt.NDArray[np.float64] | None,
               summary: dict[str, Any]) -> Checkpoint:

@@ -4,7 +4,8 @@ Subcommands grow with the library: ``bench`` runs the benchmark suite (``secagg 
 primitives``, ``secagg bench protocol``, ``secagg bench transport``); ``keygen`` writes CurveZMQ
 and identity key files (``secagg keygen server --out keys/``, ``secagg keygen client --out keys/
 --ids 1-20``); ``serve`` runs the server (``secagg.fl_core.commands``), ``client`` one client,
-and ``run`` a server and N clients as separate processes on localhost (``secagg.fl_core.runner``).
+and ``run`` a server and N clients as separate processes on localhost (``secagg.fl_core.runner``),
+each run in a fresh folder under ``.secagg/runs/`` (``secagg.fl_core.run_folder``).
 """
 
 from __future__ import annotations
@@ -105,16 +106,27 @@ def _add_runtime_parsers(sub: argparse._SubParsersAction) -> None:  # type: igno
     commands.add_common_args(client)
     commands.add_client_args(client)
     add_job_args(client)
-    run = sub.add_parser("run", help="a server and N clients as processes on localhost")
+    run = sub.add_parser("run", help="a server and N clients as processes on localhost, "
+                         "in a fresh run folder under .secagg/runs/ (--resume RUN continues one)")
     commands.add_common_args(run)
-    commands.add_serve_args(run)
+    commands.add_serve_args(run, run=True)
     add_job_args(run)
     run.add_argument("--port", type=int, default=0, help="server port (0: a free one)")
+    # None: not given, so a resume takes the run's own (secagg.fl_core.run_folder)
+    run.set_defaults(keys=None, protocol=None, insecure=None)
 
 
 def _run_runtime(ns: argparse.Namespace) -> int:
     from secagg.fl_core import commands
 
+    if ns.command == "run":
+        from secagg.fl_core.run_folder import RunFolderError, restore_settings
+
+        try:
+            restore_settings(ns)  # a resume's protocol, cohort, dim; then the defaults
+        except RunFolderError as exc:
+            print(f"secagg run: {exc}", file=sys.stderr)
+            return 2
     if ns.dim is not None:  # the synthetic federation: its historic defaults
         ns.n = 8 if ns.n is None else ns.n
         if hasattr(ns, "rounds") and ns.rounds is None:

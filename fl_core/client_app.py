@@ -6,11 +6,23 @@ when the round ends, aborts or a newer round starts. While idle it sends a hello
 every ``heartbeat_s``, so after a network blip (ZeroMQ reconnects by itself) the server
 learns its new route. It never takes part twice in one round id, nor in an older one.
 
+Policy (:mod:`secagg.fl_core.policy`): with a :class:`secagg.fl_core.policy.ClientPolicy` (the
+CLI always builds one from the client's own flags, job and key folder) every round start and
+CKKS ``keys`` message is checked against it before any secret is used: the protocol, mode,
+``k``/``t`` inputs, fixed point, cohort size, ``dim``, DP mechanism and the peers' verify keys
+must be the client's own, and round ids may not run ahead faster than the policy's rate
+(:class:`secagg.fl_core.policy.RoundClock`). A mismatch is logged with the field it concerns
+(:class:`secagg.fl_core.policy.PolicyMismatch`) and the client sits the round out, sending
+nothing. The round's context is built from the client's own values, its policy digest
+included. Without a policy (``policy=None``, the library API) the client takes the server's
+parameters as sent; that trusts the server and is logged.
+
 Restarts: the transport refuses a sender's round ids older than one already seen, so a
 client process restarted mid-federation must start from its last round id. With
 ``state_file`` it keeps that one public number there (written atomically at each round
-start), which also stops it from ever answering a round id twice across restarts. Nothing
-secret is ever written.
+start; its modification time is when the round-id rate limit counts from after a restart),
+which also stops it from ever answering a round id twice across restarts. Nothing secret is
+ever written.
 
 ``update(round_id, global_state) -> vector`` provides the client's contribution (local
 training in issue 6; :func:`secagg.fl_core.rounds.synthetic_update` by default).
@@ -42,6 +54,7 @@ import numpy.typing as npt
 
 from secagg.fl_core.errors import EnvelopeError, TransportError
 from secagg.fl_core.keys import ClientKeys
+from secagg.fl_core.policy import ClientPolicy, PolicyMismatch, RoundClock, policy_digest
 from secagg.fl_core.rounds import (
     CONTROL,
     RoundStart,
@@ -51,6 +64,7 @@ from secagg.fl_core.rounds import (
 )
 from secagg.fl_core.transport import ClientTransport
 from secagg.protocols.config import SecAggConfig
+from secagg.protocols.context import RoundContext
 from secagg.protocols.encoding import Aggregate
 from secagg.protocols.epoch import EpochContext
 from secagg.protocols.errors import ProtocolError
@@ -92,7 +106,12 @@ the round start of round R with ``"start:R"``;
 
 class _Session:
     def __init__(self, transport: ClientTransport, keys: ClientKeys | None,
-                 update: UpdateFn, settings: ClientSettings) -> None:
+                 update: UpdateFn, settings: ClientSettings,
+                 policy: ClientPolicy | None = None) -> None:
+        self.policy = policy
+        self.clock = RoundClock(policy.round_burst if policy else 1,
+                                policy.min_round_interval_s if policy else 1.0)
+        self.refused: list[PolicyMismatch] = []
         self.t = transport
         self.keys = keys
         self.update = update
@@ -140,19 +159,26 @@ class _Session:
             log.warning("refused a key setup of round %d", round_id)
             return
         self.keysetup = None
+        if self.policy is not None:
+            try:
+                self.clock.check(round_id, time.time())
+                ectx = self.policy.check_keys(head, self.t.client_id)
+            except PolicyMismatch as exc:
+                self._refuse(round_id, exc)
+                return
+            self.clock.advance(round_id, time.time())
         try:
-            vks = head["verify_keys"]
-            ectx = EpochContext(
-                config=SecAggConfig(**head["config"]), epoch=int(head["epoch"]),
-                client_ids=[int(c) for c in head["members"]],
-                verify_keys=None if vks is None else {
-                    int(c): VerifyKey.from_bytes(bytes.fromhex(k)) for c, k in vks.items()})
+            if self.policy is None:
+                ectx = _unpinned_epoch(head)
             if not ectx.is_client(self.t.client_id):
                 return
             identity = self.keys.identity if (self.keys and ectx.config.active) else None
             from secagg.protocols.keysetup import KeySetupClient  # CKKS: the ckks extra
 
-            ks = KeySetupClient(ectx, self.t.client_id, identity=identity)
+            # Passive key setup lets the server learn the key: only a client run without
+            # identity keys (--insecure) accepts it; a server cannot downgrade the others.
+            ks = KeySetupClient(ectx, self.t.client_id, identity=identity,
+                                trust_relay=self.keys is None)
             msgs = [encode(m) for m in ks.start()]
             stage = int(head["first_stage"])
         except (ProtocolError, ValueError, TypeError, KeyError, AttributeError) as exc:
@@ -162,22 +188,42 @@ class _Session:
         for raw in msgs:
             self._send_at(round_id, stage, raw)
 
+    def _refuse(self, round_id: int, exc: PolicyMismatch) -> None:
+        log.warning("round %d: refused, not my policy: %s", round_id, exc)
+        self.refused.append(exc)
+
+    def _check_start(self, start: RoundStart) -> RoundContext:
+        """The round's context, from the client's own policy (raises PolicyMismatch)."""
+        if self.policy is None:  # the library API without a policy: the server decides
+            if self.t.client_id not in start.clients:
+                raise PolicyMismatch("cohort", f"client {self.t.client_id} is not in it")
+            try:  # the server's policy digest, as sent (it must match the server's context)
+                return start.context(None if start.policy is None
+                                     else policy_digest(start.policy))
+            except (ProtocolError, ValueError, TypeError) as exc:
+                raise PolicyMismatch("config", str(exc)) from None
+        self.clock.check(start.round_id, time.time())
+        return self.policy.check_start(start, self.t.client_id)
+
     def on_start(self, start: RoundStart) -> None:
         if start.round_id <= self.last_round:
             log.warning("refused round %d: already took part in round %d", start.round_id,
                         self.last_round)
             return
+        try:  # before anything secret exists: masks, shares, the update itself
+            ctx = self._check_start(start)
+        except PolicyMismatch as exc:
+            self._refuse(start.round_id, exc)
+            return
         self.participant = None
         self.last_round = start.round_id
+        self.clock.advance(start.round_id, time.time())
         if self.settings.state_file is not None:
             _save_round(self.settings.state_file, start.round_id)
-        if self.t.client_id not in start.clients:
-            return
         if self.settings.crash_at == f"start:{start.round_id}":
             log.warning("crash_at=%s: kill -9 of myself", self.settings.crash_at)
             os.kill(os.getpid(), signal.SIGKILL)
         try:
-            ctx = start.context()
             identity = self.keys.identity if (self.keys and ctx.config.active) else None
             key = self.secret if ctx.config.is_ckks else None
             self.participant = create_client(ctx, self.t.client_id, identity=identity, key=key)
@@ -276,15 +322,21 @@ class _Session:
 
 def run_client(transport: ClientTransport, *, keys: ClientKeys | None = None,
                update: UpdateFn | None = None,
-               settings: ClientSettings | None = None) -> int:
+               settings: ClientSettings | None = None,
+               policy: ClientPolicy | None = None) -> int:
     """Serve rounds until the server says goodbye or stays silent ``idle_timeout_s``;
-    return the number of rounds this client completed."""
+    return the number of rounds this client completed. ``policy``: the client's pinned
+    round policy (see the module docstring); None takes the server's parameters as sent."""
     settings = settings or ClientSettings()
     cid = transport.client_id
+    if policy is None:
+        log.warning("client %d runs without a pinned policy: the server chooses protocol, "
+                    "mode and parameters", cid)
     session = _Session(transport, keys, update or (
-        lambda r, s: synthetic_update(cid, r, int(s.shape[0]), s)), settings)
+        lambda r, s: synthetic_update(cid, r, int(s.shape[0]), s)), settings, policy)
     if settings.state_file is not None and settings.state_file.exists():
-        session.last_round = _load_round(settings.state_file)
+        session.last_round, seen_at = _load_round(settings.state_file)
+        session.clock.advance(session.last_round, seen_at)
     last_heard = time.monotonic()
     next_hello = 0.0
     while time.monotonic() - last_heard < settings.idle_timeout_s:
@@ -319,9 +371,21 @@ def _save_round(path: Path, round_id: int) -> None:
     os.replace(tmp, path)
 
 
-def _load_round(path: Path) -> int:
+def _load_round(path: Path) -> tuple[int, float]:
+    """The last round id and when it was seen (the file's modification time: it is written
+    at each round start)."""
     try:
-        return max(0, int(path.read_text().strip()))
-    except ValueError:
+        return max(0, int(path.read_text().strip())), path.stat().st_mtime
+    except (ValueError, OSError):
         log.warning("ignoring unreadable client state file %s", path)
-        return 0
+        return 0, 0.0
+
+
+def _unpinned_epoch(head: dict[str, Any]) -> EpochContext:
+    """The epoch context exactly as the server announced it (no policy)."""
+    vks = head["verify_keys"]
+    return EpochContext(
+        config=SecAggConfig(**head["config"]), epoch=int(head["epoch"]),
+        client_ids=[int(c) for c in head["members"]],
+        verify_keys=None if vks is None else {
+            int(c): VerifyKey.from_bytes(bytes.fromhex(k)) for c, k in vks.items()})

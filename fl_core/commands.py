@@ -57,8 +57,9 @@ def add_common_args(p: argparse.ArgumentParser) -> None:
                    help="TOML settings (fl_core.config_file); flags override the file")
 
 
-def add_serve_args(p: argparse.ArgumentParser) -> None:
-    """Server flags (also taken by ``run``)."""
+def add_serve_args(p: argparse.ArgumentParser, *, run: bool = False) -> None:
+    """Server flags (also taken by ``run``, whose files live in a run folder:
+    :mod:`secagg.fl_core.run_folder`)."""
     p.add_argument("--rounds", type=int, default=None,
                    help="completed rounds to run (default: the job's 20; 3 with --dim)")
     p.add_argument("--deadline", type=float, default=10.0, help="seconds per stage")
@@ -70,9 +71,21 @@ def add_serve_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--min-clients", type=int, default=None, metavar="M",
                    help="run a round with min(n, live) clients when that is >= M "
                    "(default: exactly n); the round's threshold is re-derived for it")
-    p.add_argument("--checkpoint", default="secagg.ckpt", help="checkpoint file")
-    p.add_argument("--resume", action="store_true", help="continue from --checkpoint")
-    p.add_argument("--json", dest="json_path", help="write a per-round summary here")
+    if run:
+        p.add_argument("--run-dir", metavar="DIR",
+                       help="the run folder (default: a fresh .secagg/runs/<UTC time>/)")
+        p.add_argument("--checkpoint", default=None,
+                       help="checkpoint file (default: <run folder>/checkpoint; alone, its "
+                       "folder is the run folder)")
+        p.add_argument("--resume", nargs="?", const="", default=None, metavar="RUN",
+                       help="continue run RUN (an id under .secagg/runs/ or a folder); bare: "
+                       "the run of --run-dir or --checkpoint")
+        p.add_argument("--json", dest="json_path",
+                       help="write the summary here (default: <run folder>/run_summary.json)")
+    else:
+        p.add_argument("--checkpoint", default="secagg.ckpt", help="checkpoint file")
+        p.add_argument("--resume", action="store_true", help="continue from --checkpoint")
+        p.add_argument("--json", dest="json_path", help="write a per-round summary here")
     p.add_argument("--no-state-broadcast", dest="state_broadcast", action="store_false",
                    help="leave the float64 global state out of round starts (benchmarks)")
     p.add_argument("--crash-after", help=argparse.SUPPRESS)
@@ -88,6 +101,9 @@ def add_client_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--stats", help="append per-round training/protocol seconds here (JSON lines)")
     p.add_argument("--aggregates", help="append each round's decoded aggregate here "
                    "(JSON lines; CKKS clients decrypt it themselves)")
+    p.add_argument("--min-clients", type=int, default=None, metavar="M",
+                   help="the smallest cohort this client takes part in (default: exactly n); "
+                   "the server's --min-clients must be the same (part of the pinned policy)")
     p.add_argument("--crash-at", help=argparse.SUPPRESS)
     p.add_argument("--replay", action="store_true", help=argparse.SUPPRESS)
 
@@ -117,6 +133,7 @@ def serve_main(ns: argparse.Namespace, *, progress_stream: Any = None) -> int:
     from secagg.fl_core import keyfiles
     from secagg.fl_core.checkpoint import CheckpointError
     from secagg.fl_core.errors import FlCoreError
+    from secagg.fl_core.policy import dp_policy
     from secagg.fl_core.rounds import limits_for
     from secagg.fl_core.server_app import ServerSettings, serve
     from secagg.fl_core.transport import ServerTransport
@@ -157,6 +174,7 @@ def serve_main(ns: argparse.Namespace, *, progress_stream: Any = None) -> int:
                               min_clients=getattr(ns, "min_clients", None),
                               state_float32=prep is not None),
         broadcast_state=getattr(ns, "state_broadcast", True) or prep is not None,
+        dp_policy=dp_policy(prep.dp) if prep is not None else None,
         crash_after=ns.crash_after)
     task = None
     if prep is not None:
@@ -187,6 +205,7 @@ def client_main(ns: argparse.Namespace) -> int:
     from secagg.fl_core import keyfiles
     from secagg.fl_core.client_app import ClientSettings, run_client
     from secagg.fl_core.errors import FlCoreError, TransportError
+    from secagg.fl_core.policy import client_policy
     from secagg.fl_core.rounds import limits_for
     from secagg.fl_core.transport import ClientTransport
 
@@ -194,11 +213,13 @@ def client_main(ns: argparse.Namespace) -> int:
     if (code := _refuse_ckks(ns)) is not None:
         return code
     update = None
+    job_prep = None  # the job's prepared state, when there is a job (it sets ns.dim)
     if ns.dim is None:
         from secagg.fl_core.finetune.commands import client_task_from_args, prepare_from_args
 
         if (prep := prepare_from_args(ns, f"client {ns.client_id}")) is None:
             return 2
+        job_prep = prep
         try:
             update = client_task_from_args(ns, prep)
         except ValueError as exc:
@@ -206,6 +227,11 @@ def client_main(ns: argparse.Namespace) -> int:
             return 2
     limits = limits_for(ns.n, ns.dim, ckks=ns.protocol.startswith("ckks"))
     keys = None
+    try:  # the client's own round policy, from its own flags, job and key folder
+        policy = client_policy(ns, job_prep)
+    except (FlCoreError, OSError, ValueError) as exc:
+        print(f"secagg client {ns.client_id}: policy: {exc}", file=sys.stderr)
+        return 2
     try:
         if ns.insecure:
             transport = ClientTransport(ns.connect, client_id=ns.client_id, limits=limits,
@@ -216,7 +242,8 @@ def client_main(ns: argparse.Namespace) -> int:
                 ns.connect, client_id=ns.client_id, limits=limits, keys=keys.curve,
                 server_public=keyfiles.load_server_public(keyfiles.server_paths(ns.keys)[0]))
         with transport:
-            done = run_client(transport, keys=keys, update=update, settings=ClientSettings(
+            done = run_client(transport, keys=keys, update=update, policy=policy,
+                              settings=ClientSettings(
                 idle_timeout_s=ns.idle_timeout, crash_at=ns.crash_at, replay=ns.replay,
                 state_file=Path(ns.state) if ns.state else None,
                 aggregates_file=Path(ns.aggregates) if getattr(ns, "aggregates", None)

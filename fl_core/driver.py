@@ -26,6 +26,12 @@ envelope round id (its stages ``advertise``/``distribute``/``confirm`` have thei
 numbers). The server relays opaque bytes and keeps only :class:`secagg.protocols.keysetup.EpochKeys`
 (the keyless public context). A CKKS round ends with the *encrypted* sum: the driver returns
 it (``RoundOutcome.encrypted``) and never sees a plaintext aggregate; the clients decrypt.
+
+Policy: the driver computes the federation's policy document (:mod:`secagg.fl_core.policy`:
+the full config, ``min_clients`` (else ``n``), ``dim`` and the job's DP mechanism) the way each
+client computes its own, sends it in the round start and binds its digest into the round
+context. Clients check everything against their own files; a client whose policy differs
+refuses the round, and if one did not, the digests would differ and the round fail closed.
 """
 
 from __future__ import annotations
@@ -42,6 +48,7 @@ import numpy.typing as npt
 
 from secagg.fl_core.cohort import CohortSampler, round_config_args
 from secagg.fl_core.errors import PeerUnreachable, TransportError
+from secagg.fl_core.policy import policy_digest, policy_document
 from secagg.fl_core.rounds import CONTROL, RoundStart, control_message, stage_number
 from secagg.fl_core.transport import ServerTransport
 from secagg.protocols.config import SecAggConfig
@@ -121,12 +128,15 @@ class RoundDriver:
 
     def __init__(self, transport: ServerTransport, *, config_args: Mapping[str, Any],
                  settings: DriverSettings, eligible: frozenset[int] | None = None,
-                 progress: Any = None, broadcast_state: bool = True) -> None:
+                 progress: Any = None, broadcast_state: bool = True,
+                 dp_policy: Mapping[str, Any] | None = None) -> None:
         """``config_args``: the :class:`SecAggConfig` keyword arguments (``n`` is the cohort
         size); ``eligible``: client ids that may be sampled (default: the allowlist, or
         anyone when insecure); ``progress(event: dict)`` is called on stage changes;
         ``broadcast_state=False`` leaves the float64 global state out of round starts (it is
-        always left out under CKKS, where the server holds no plaintext model).
+        always left out under CKKS, where the server holds no plaintext model);
+        ``dp_policy``: :func:`secagg.fl_core.policy.dp_policy` of the job (part of the policy
+        the clients pin).
 
         Raises:
             ConfigError / TypeError: ``config_args`` is not a valid config.
@@ -148,6 +158,12 @@ class RoundDriver:
         self.epoch_keys: EpochKeys | None = None
         self._epoch = -1
         self._members: frozenset[int] = frozenset()
+        self.dp_policy = None if dp_policy is None else dict(dp_policy)
+
+    def policy(self, dim: int) -> dict[str, Any]:
+        """The policy document every client of this federation must hold (for ``dim``)."""
+        return policy_document(config=self.config, dim=dim, min_cohort=self.sampler.floor,
+                               dp=self.dp_policy)
 
     # -- membership ------------------------------------------------------------------------
 
@@ -236,7 +252,8 @@ class RoundDriver:
         keys = self._verify_keys(sampled)
         fp = self.epoch_keys.fingerprint if self.epoch_keys is not None else None
         ctx = RoundContext(config=config, round_id=round_id, dim=dim, client_ids=sampled,
-                           verify_keys=keys, ckks_fingerprint=fp)
+                           verify_keys=keys, ckks_fingerprint=fp,
+                           policy_digest=policy_digest(self.policy(dim)))
         return ctx, None if keys is None else {c: k.to_bytes() for c, k in keys.items()}
 
     def _ensure_keys(self, out: RoundOutcome) -> None:
@@ -292,7 +309,7 @@ class RoundDriver:
                            state=state if self.broadcast_state else None,
                            state_float32=self.settings.state_float32,
                            ckks_fingerprint=ctx.ckks_fingerprint if self.config.is_ckks
-                           else None)
+                           else None, policy=self.policy(dim))
         self._broadcast(out, start.encode())
         self._run_stages(server, out)
         out.rejected = len(server.rejected)

@@ -12,7 +12,10 @@ carries everything public the client needs to build the same
 :class:`secagg.protocols.context.RoundContext` as the server: the config's constructor arguments
 (both sides derive the rest identically; the context digest binds them), round id, dim,
 sampled ids and, in active mode, the sampled clients' Ed25519 verify keys from the server's
-allowlist (each bound to its Curve key by a signature checked when the allowlist loaded).
+allowlist (each bound to its Curve key by a signature checked when the allowlist loaded), and
+the server's policy document (:mod:`secagg.fl_core.policy`). None of it is authority: a client
+rebuilds every value from its own pinned policy and key files, compares, and refuses a
+mismatch (:meth:`secagg.fl_core.policy.ClientPolicy.check_start`).
 """
 
 from __future__ import annotations
@@ -81,8 +84,11 @@ class RoundStart:
     state: npt.NDArray[np.float64] | None = field(repr=False)
     ckks_fingerprint: bytes | None = None
     state_float32: bool = False  # the state travels as float32 (read back as float64)
+    policy: dict[str, Any] | None = None
+    """The server's policy document (:func:`secagg.fl_core.policy.policy_document`): lets a
+    client name the field where its own policy differs; the digest binds it either way."""
 
-    def context(self) -> RoundContext:
+    def context(self, policy_digest: bytes | None = None) -> RoundContext:
         """The round's context (validated by the protocol layer).
 
         Raises:
@@ -92,7 +98,8 @@ class RoundStart:
             cid: VerifyKey.from_bytes(raw) for cid, raw in self.verify_keys.items()}
         return RoundContext(config=SecAggConfig(**self.config), round_id=self.round_id,
                             dim=self.dim, client_ids=self.clients, verify_keys=vks,
-                            ckks_fingerprint=self.ckks_fingerprint)
+                            ckks_fingerprint=self.ckks_fingerprint,
+                            policy_digest=policy_digest)
 
     def encode(self) -> bytes:
         """``u32 length | JSON header | state`` (float64, or float32 when ``state_float32``)."""
@@ -106,6 +113,7 @@ class RoundStart:
             "state_dtype": "<f4" if self.state_float32 else "<f8",
             "ckks_fingerprint": None if self.ckks_fingerprint is None
             else self.ckks_fingerprint.hex(),
+            "policy": self.policy,
         }).encode()
         if self.state is None:
             return _LEN.pack(len(head)) + head
@@ -156,6 +164,9 @@ def _round_start(head: Mapping[str, Any], rest: memoryview) -> RoundStart:
     if not isinstance(config, dict):
         raise TypeError("config must be an object")
     fp = head.get("ckks_fingerprint")
+    policy = head.get("policy")
+    if policy is not None and not isinstance(policy, dict):
+        raise TypeError("policy must be an object")
     return RoundStart(
         round_id=int(head["round"]), step=int(head["step"]),
         first_stage=int(head["first_stage"]), config=dict(config), dim=dim,
@@ -163,7 +174,7 @@ def _round_start(head: Mapping[str, Any], rest: memoryview) -> RoundStart:
         verify_keys=None if vks is None else {int(c): bytes.fromhex(k) for c, k in vks.items()},
         state=np.frombuffer(rest, dtype=dtype).astype(np.float64) if has_state else None,
         ckks_fingerprint=None if fp is None else bytes.fromhex(str(fp)),
-        state_float32=dtype == "<f4")
+        state_float32=dtype == "<f4", policy=policy)
 
 
 def synthetic_update(client_id: int, round_id: int, dim: int,

@@ -6,8 +6,14 @@ once the server listens, renders progress with rich (round, stage, survivors, by
 seconds), and waits for everyone with bounded timeouts. Without ``--insecure`` it writes key
 files into ``--keys`` first if that folder has none.
 
+Every run lives in a run folder (:mod:`secagg.fl_core.run_folder`: a fresh
+``.secagg/runs/<UTC time>/`` unless ``--run-dir``, ``--checkpoint`` or ``--resume RUN`` names one).
+Bad input (a missing or malformed data file, an unknown model, too few parties, a fresh run over
+an existing checkpoint, a resume that changes the job) is refused here, in one line and exit
+status 2, before any process starts (:mod:`secagg.fl_core.finetune.preflight`).
+
 Without ``--dim`` it runs a fine-tuning job (:mod:`secagg.fl_core.finetune`): it writes the job file
-next to the checkpoint, starts ``num_clients`` clients on it (each with a stats file), shows
+into the run folder, starts ``num_clients`` clients on it (each with a stats file), shows
 accuracy and epsilon as rounds finish, and adds the time split (training / protocol compute /
 the rest: transport, waiting, server) to the ``--json`` summary.
 """
@@ -20,7 +26,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 from rich.console import Console
 from rich.progress import (
@@ -32,6 +38,12 @@ from rich.progress import (
     TimeElapsedColumn,
 )
 from rich.table import Table
+
+from secagg.fl_core import run_folder
+from secagg.fl_core.run_folder import RunFolder
+
+if TYPE_CHECKING:
+    from secagg.fl_core.finetune.job import FinetuneJob
 
 __all__ = ["run_main"]
 
@@ -67,6 +79,8 @@ def _server_cmd(ns: argparse.Namespace) -> list[str]:
         cmd += ["--json", ns.json_path]
     if getattr(ns, "min_clients", None):
         cmd += ["--min-clients", str(ns.min_clients)]
+    if getattr(ns, "crash_after", None):  # a test's interrupted run
+        cmd += ["--crash-after", ns.crash_after]
     return cmd
 
 
@@ -90,8 +104,12 @@ def _table(rows: list[dict[str, Any]]) -> Table:
 def _client_cmd(ns: argparse.Namespace, endpoint: str, cid: int) -> list[str]:
     cmd = [*_PY, "client", *_common(ns), "--connect", endpoint, "--id", str(cid),
            "--idle-timeout", str(ns.join_timeout + 10 * ns.deadline + 300)]
+    if getattr(ns, "min_clients", None):  # part of the policy each client pins
+        cmd += ["--min-clients", str(ns.min_clients)]
     if ns.dim is None:
         cmd += ["--stats", str(_stats_path(ns, cid))]
+    if getattr(ns, "min_clients", None):  # part of the client's pinned policy too
+        cmd += ["--min-clients", str(ns.min_clients)]
     return cmd
 
 
@@ -153,26 +171,42 @@ def _follow(server: subprocess.Popen[str], ns: argparse.Namespace, console: Cons
                                f", epsilon {ev['epsilon']:.2f}" if "epsilon" in ev else ""))
             elif kind == "done":
                 break
-    console.print(_table(rows))
+    if rows:
+        console.print(_table(rows))
     return clients
 
 
-def _prepare_job(ns: argparse.Namespace) -> int | None:
-    """Job mode: write the job file next to the checkpoint and default the cohort/deadlines."""
-    from secagg.fl_core.finetune.cli_args import job_from_args
-    from secagg.fl_core.finetune.job import JobError
+def _job_for(ns: argparse.Namespace, run: RunFolder) -> FinetuneJob:
+    """The job to run: the flags over ``--job`` (a resume: over the run's ``job.json``, which
+    they may only repeat), checked before any process starts.
 
-    try:
-        job = job_from_args(ns, rounds=ns.rounds)
-    except JobError as exc:
-        print(f"secagg run: {exc}", file=sys.stderr)
-        return 2
-    folder = Path(ns.checkpoint).parent
-    folder.mkdir(parents=True, exist_ok=True)
-    ns.job = str(folder / "job.json")
+    Raises:
+        JobError: an invalid job, a resume that changes the job, or a preflight check.
+    """
+    from secagg.fl_core.finetune.cli_args import job_from_args
+    from secagg.fl_core.finetune.job import FinetuneJob, JobError
+    from secagg.fl_core.finetune.preflight import check_job
+
+    saved = None
+    if run.resume and run.job.is_file():
+        saved = FinetuneJob.load(run.job)
+        ns.job = ns.job or str(run.job)
+    job = job_from_args(ns, rounds=ns.rounds)
+    if saved is not None and job != saved:
+        changed = [f"{k} ({getattr(saved, k)!r} -> {getattr(job, k)!r})"
+                   for k in FinetuneJob.__dataclass_fields__
+                   if getattr(saved, k) != getattr(job, k)]
+        raise JobError(f"--resume {run.run_id}: the flags change the run's job in "
+                       f"{', '.join(changed)}; a resume continues the same job")
+    check_job(job, protocol=ns.protocol, n=ns.n if ns.n is not None else job.num_clients,
+              active=not ns.insecure)
+    return job
+
+
+def _prepare_job(ns: argparse.Namespace, run: RunFolder, job: FinetuneJob) -> None:
+    """Job mode: write the job file into the run folder, default the cohort and deadlines."""
+    ns.job = str(run.job)
     job.save(ns.job)
-    if not ns.json_path:
-        ns.json_path = str(folder / "run_summary.json")
     ns.population = job.num_clients
     ns.n = ns.n if ns.n is not None else job.num_clients
     ns.rounds = job.rounds
@@ -180,15 +214,39 @@ def _prepare_job(ns: argparse.Namespace) -> int | None:
         ns.stage_deadline = [*ns.stage_deadline, ("advertise", 300.0)]  # local training
     for cid in range(1, ns.population + 1):
         _stats_path(ns, cid).unlink(missing_ok=True)
-    return None
+
+
+def _start(ns: argparse.Namespace) -> str:
+    """Check everything that can be checked without a model, then make the run folder;
+    return the line that says where the run is.
+
+    Raises:
+        JobError, RunFolderError: bad input (nothing has been written).
+    """
+    run = run_folder.locate(ns)
+    job = _job_for(ns, run) if ns.dim is None else None
+    where = run_folder.check_checkpoint(run, job_digest=job.digest if job else None,
+                                        dim=ns.dim)
+    run = run_folder.create(run)
+    run_folder.apply(run, ns)
+    if job is not None:
+        _prepare_job(ns, run, job)
+    run_folder.save_settings(run, ns)
+    return where or f"run folder {run.path} (continue it with: secagg run --resume {run.run_id})"
 
 
 def run_main(ns: argparse.Namespace) -> int:
-    """``secagg run``; return the exit status (the server's)."""
+    """``secagg run``; return the exit status (the server's; 2: bad input, nothing started)."""
+    from secagg.fl_core.finetune.job import JobError
+
     console = Console(stderr=True)
     ns.population = ns.n
-    if ns.dim is None and (code := _prepare_job(ns)) is not None:
-        return code
+    try:
+        where = _start(ns)
+    except (JobError, run_folder.RunFolderError) as exc:
+        print(f"secagg run: {exc}", file=sys.stderr)
+        return 2
+    console.print(where, highlight=False, soft_wrap=True)
     if not ns.insecure:
         _ensure_keys(Path(ns.keys), ns.population)
     if ns.port == 0:
@@ -203,10 +261,12 @@ def run_main(ns: argparse.Namespace) -> int:
         clients = _follow(server, ns, console)
         code = server.wait(timeout=120)
     finally:
+        # clients of a server that died can only idle out: do not wait for that
+        grace = 15.0 if server.poll() == 0 else 1.0
         procs: list[subprocess.Popen[Any]] = [server, *clients]
         for p in procs:
             try:
-                p.wait(timeout=15 if p is not server else 0.1)
+                p.wait(timeout=grace if p is not server else 0.1)
             except subprocess.TimeoutExpired:
                 p.kill()
                 p.wait(timeout=5)

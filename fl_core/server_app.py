@@ -3,11 +3,13 @@
 The global state is a float64 vector whose meaning belongs to a
 :class:`secagg.fl_core.tasks.ServerTask`: the synthetic federation's
 :class:`secagg.fl_core.tasks.FedAvgTask` adds the survivors' mean update; the fine-tuning job's task
-holds adapter weights, takes a DP Adam step and keeps the privacy accountant. Per round: reserve the
-round id in the checkpoint, run the round (:class:`secagg.fl_core.driver.RoundDriver`), apply it
-(the task), checkpoint the state with the task's state in one atomic write, report. ``rounds``
-counts *completed* steps: an aborted round does not count, and the loop gives up after
-``max_aborts`` aborts in a row or when the task says stop (a spent privacy budget).
+holds adapter weights, takes a DP Adam step and keeps the privacy accountant. Per round: let the
+task charge the round (:meth:`ServerTask.begin_round`) and reserve the round id in the checkpoint
+together with the task's charged state, run the round
+(:class:`secagg.fl_core.driver.RoundDriver`), apply it (the task), checkpoint the state with the
+task's state in one atomic write, report. ``rounds`` counts *completed* steps: an aborted round
+does not count, and the loop gives up after ``max_aborts`` aborts in a row or when the task
+says stop (a spent privacy budget).
 
 CKKS: the server holds no key and never sees a plaintext aggregate. Its plaintext state stays
 zero (a round counts as a step, adding nothing); the round's *encrypted* sum is its state,
@@ -55,6 +57,9 @@ class ServerSettings:
     max_aborts: int = 3
     aggregate_in_json_max_dim: int = 4096
     broadcast_state: bool = True
+    dp_policy: dict[str, Any] | None = None
+    """The job's DP mechanism (:func:`secagg.fl_core.policy.dp_policy`): part of the policy
+    every client pins, bound into each round's context."""
     crash_after: str | None = None
     """Tests only: ``"aggregate:R"`` or ``"checkpoint:R"`` kills -9 this process there."""
 
@@ -122,7 +127,8 @@ def serve(transport: ServerTransport, settings: ServerSettings,
     ckpt = _start_state(settings, membership, task)
     driver = RoundDriver(transport, config_args=settings.config_args,
                          settings=settings.driver, progress=progress,
-                         broadcast_state=settings.broadcast_state)
+                         broadcast_state=settings.broadcast_state,
+                         dp_policy=settings.dp_policy)
     summaries: list[dict[str, Any]] = list(ckpt.history)
     aborts = 0
     while ckpt.step < settings.rounds and aborts < settings.max_aborts:
@@ -132,8 +138,9 @@ def serve(transport: ServerTransport, settings: ServerSettings,
                 progress({"event": "stopped", "step": ckpt.step, "reason": reason})
             break
         round_id = ckpt.last_round_id + 1
-        ckpt = ckpt.reserve(round_id)
-        write_atomic(settings.checkpoint, ckpt)  # this id is never used again
+        task.begin_round(round_id)  # charged before the round: its sum exists inside run_round
+        ckpt = ckpt.reserve(round_id, task_state=task.state_dict()[0] or None)
+        write_atomic(settings.checkpoint, ckpt)  # this id is never used again, and is paid for
         out = driver.run_round(round_id, ckpt.step, ckpt.state)
         if out.encrypted is not None:  # CKKS: the ciphertext is the state
             write_bytes_atomic(encsum_path(settings.checkpoint), out.encrypted)

@@ -28,6 +28,11 @@ class ServerTask(Protocol):
         """The global state before round 1."""
         ...
 
+    def begin_round(self, round_id: int) -> None:
+        """Round ``round_id`` is about to start: charge what it may spend (the privacy
+        accountant). Called before the reservation, with :meth:`state_dict`, is written."""
+        ...
+
     def apply(self, state: Vector, out: RoundOutcome) -> Vector | None:
         """The next state after a round, or None when ``out`` aborted (nothing changes)."""
         ...
@@ -61,6 +66,9 @@ class FedAvgTask:
     def initial_state(self, dim: int) -> Vector:
         """Zeros."""
         return np.zeros(dim)
+
+    def begin_round(self, round_id: int) -> None:
+        """Nothing to charge."""
 
     def apply(self, state: Vector, out: RoundOutcome) -> Vector | None:
         """``state + sum / weight_total``; CKKS: ``state``; aborted: None."""

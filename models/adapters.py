@@ -41,6 +41,7 @@ from secagg.models.errors import (
 )
 from secagg.models.loading import LoadedModel, TaskKind
 from secagg.models.paramspec import ParamSpec
+from secagg.models.prefix import prefix_tuning_model
 
 __all__ = [
     "CODECS",
@@ -225,7 +226,12 @@ class AdapterCodec(ABC):
 
 
 class PeftCodec(AdapterCodec):
-    """LoRA, prefix and prompt tuning through ``peft``."""
+    """LoRA, prefix and prompt tuning through ``peft``.
+
+    Prefix tuning uses PEFT's prompt encoder and weights with the forward pass of
+    :mod:`secagg.models.prefix`, which passes the prefix under whichever KV-cache argument
+    name the installed transformers takes.
+    """
 
     def __init__(self, kind: AdapterKind) -> None:
         if kind is AdapterKind.FULL:
@@ -246,10 +252,17 @@ class PeftCodec(AdapterCodec):
         cls = PrefixTuningConfig if self.kind is AdapterKind.PREFIX else PromptTuningConfig
         return cls(task_type=task, num_virtual_tokens=config.num_virtual_tokens)
 
+    def _build(self, loaded: LoadedModel, config: AdapterConfig) -> PeftModel:
+        peft_config = self._peft_config(loaded, config)
+        if isinstance(peft_config, PrefixTuningConfig):
+            # PEFT's own prefix forward breaks on transformers >= 5.24 (secagg.models.prefix).
+            return prefix_tuning_model(loaded.model, peft_config)
+        return get_peft_model(loaded.model, peft_config)
+
     def wrap(self, loaded: LoadedModel, config: AdapterConfig) -> torch.nn.Module:
         self._check_kind(config)
         try:
-            model = get_peft_model(loaded.model, self._peft_config(loaded, config))
+            model = self._build(loaded, config)
         except (ValueError, KeyError, AttributeError) as exc:
             raise UnsupportedModelError(
                 f"cannot apply {self.kind.value} to {loaded.model_type}: {exc}"

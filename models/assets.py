@@ -179,7 +179,8 @@ def _convert(gguf_path: Path, out: Path) -> None:
     try:
         tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name, local_files_only=True)
         model = AutoModelForCausalLM.from_pretrained(
-            folder, gguf_file=name, dtype=torch.float32, local_files_only=True
+            folder, gguf_file=name, dtype=torch.float32, local_files_only=True,
+            use_kernels=False,  # no hub kernels offline (transformers 5.25 defaults to True)
         )
     except (ImportError, OSError, ValueError, KeyError, RuntimeError) as exc:
         raise UnsupportedModelError(f"cannot load GGUF {gguf_path}: {exc}") from exc

@@ -210,7 +210,10 @@ def _build(
     if task is TaskKind.CLASSIFICATION:
         labels, names = make_labels(values[label_col])
         if len(names) < 2:
-            raise DataFormatError(f"{path}: classification needs >= 2 distinct labels")
+            raise DataFormatError(
+                f"{path}: one class ({names[0]!r}) in {n} examples; classification needs >= 2 "
+                "distinct labels"
+            )
         return ClassificationData(path.stem, tuple(values[text_col]), labels, names)
     group = values.get(label_col, [])
     if group and len(group) != n:

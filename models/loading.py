@@ -26,6 +26,10 @@ from transformers import (
 from secagg.models.assets import gguf_to_folder, minilm_folder, smollm2_gguf
 from secagg.models.errors import AssetNotFoundError, UnsupportedModelError
 
+# transformers 5.25 loads hub kernels by default (use_kernels=True) and fails offline without
+# the `kernels` package; nothing here may reach a hub, and 5.23 already defaults to False.
+_NO_HUB_KERNELS: dict[str, bool] = {"use_kernels": False}
+
 __all__ = ["MODEL_ALIASES", "LoadedModel", "TaskKind", "load_model", "resolve_source"]
 
 
@@ -140,12 +144,13 @@ def load_model(
     try:
         if task is TaskKind.CLASSIFICATION:
             model = AutoModelForSequenceClassification.from_pretrained(
-                folder, num_labels=num_labels, dtype=dtype, local_files_only=True
+                folder, num_labels=num_labels, dtype=dtype, local_files_only=True, **_NO_HUB_KERNELS
             )
             # Decoder classifiers pool the last non-pad token and must know the pad id.
             model.config.pad_token_id = tokenizer.pad_token_id
         else:
-            model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, local_files_only=True)
+            model = AutoModelForCausalLM.from_pretrained(
+                folder, dtype=dtype, local_files_only=True, **_NO_HUB_KERNELS)
     except (OSError, ValueError, KeyError) as exc:
         raise UnsupportedModelError(f"cannot load {folder} for {task.value}: {exc}") from exc
     return LoadedModel(

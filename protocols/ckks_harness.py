@@ -112,7 +112,9 @@ class KeySetupSimulation(Simulation):
         self._init_accounting(ids, drop)
         self.server: KeySetupServer = KeySetupServer(self.ctx)
         self.clients: dict[int, Any] = {
-            i: KeySetupClient(self.ctx, i, identity=ident.get(i)) for i in ids}
+            # a passive simulation trusts its own in-process relay by construction
+            i: KeySetupClient(self.ctx, i, identity=ident.get(i), trust_relay=not config.active)
+            for i in ids}
 
     def run(self) -> KeySetupResult:
         """Drive the setup to the end.

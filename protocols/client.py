@@ -15,8 +15,11 @@ Steps (``ClientStage`` says what the client waits for next):
 
 The client enforces the invariants itself: survivors and dropped are disjoint, cover exactly
 the neighbours fixed at share time (survivors also include the client), at least ``t``
-survivors, one answer per round, right round and stage; in active mode also ``t`` valid
-signatures on the very set it signed. Any violation aborts the client before it reveals.
+survivors, one answer per round, right round and stage; in active mode also that the request
+matches the set it signed and that this set carries ``t`` valid signatures from the closed
+neighbourhood of every client whose share it reveals (:meth:`_check_signatures`: one set per
+neighbourhood, whatever views the server keeps). Any violation aborts the client before it
+reveals.
 """
 
 from __future__ import annotations
@@ -291,19 +294,46 @@ class SecAggClient(ClientBase[RoundContext]):
             self._check_signatures(msg, alive, dropped)
 
     def _check_signatures(self, msg: UnmaskRequest, alive: set[int], dropped: set[int]) -> None:
-        ctx, signed = self._ctx, set(self._signed or ())
-        if alive != signed & (self._committed | {self._id}) or dropped != self._committed - signed:
+        """Active mode: the request matches the set this client signed, and that set carries
+        ``t`` valid signatures from the closed neighbourhood ``N[u]`` of every ``u`` whose
+        share it would reveal (itself and each committed neighbour).
+
+        Counting per owner, in ``u``'s own ``k + 1``-neighbourhood, is what makes the check
+        hold under split views: each honest client signs one set, so with ``2t > k + 1 + C_u``
+        at most one set can gather ``t`` signatures from ``N[u]``, and every share of ``u``
+        any honest client reveals is revealed under that one set (docs/threat-model.md).
+        ``t`` signatures from anywhere in the cohort would let disjoint views each reach ``t``.
+
+        Raises:
+            RemoteProtocolError: the request contradicts the signed set; a signature is from
+                a non-survivor or does not verify (``party`` = its signer); or some ``N[u]``
+                gave fewer than ``t`` signatures (an honest server never asks then).
+        """
+        ctx, me, signed = self._ctx, self._id, set(self._signed or ())
+        if alive != signed & (self._committed | {me}) or dropped != self._committed - signed:
             raise RemoteProtocolError("unmask request contradicts the signed survivor set")
-        if len(msg.signatures) < ctx.config.threshold:
-            raise ThresholdError(f"only {len(msg.signatures)} consistency signatures")
+        graph, t = round_graph(ctx), ctx.config.threshold
+        owners = sorted(self._committed | {me})
+        closed = {u: graph.neighbours(u) | {u} for u in owners}
+        relevant = set().union(*closed.values())
         payload = labels.consistency_payload(ctx, self._signed or ())
+        valid: set[int] = set()
         for v, sig in msg.signatures:
             if v not in signed:
                 raise RemoteProtocolError("signature from a non-survivor", party=v)
+            if v not in relevant:
+                continue  # says nothing about the owners of the shares this client holds
             try:
                 ctx.verify_key(v).verify(sig, payload)
             except InvalidSignature:
                 raise RemoteProtocolError("consistency signature invalid", party=v) from None
+            valid.add(v)
+        for u in owners:
+            have = len(valid & closed[u])
+            if have < t:  # an honest server checks this before it asks (server.py)
+                raise RemoteProtocolError(
+                    f"signed survivor set has only {have} consistency signatures from the "
+                    f"neighbourhood of client {u}, need {t} (split views?)")
 
     def _on_unmask(self, msg: UnmaskRequest) -> list[Message]:
         self._check_unmask(msg)

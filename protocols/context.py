@@ -2,10 +2,11 @@
 
 A :class:`RoundContext` fixes the configuration, the round number, the vector length, the
 eligible client ids, (active mode) their Ed25519 verify keys and (CKKS protocols) the
-fingerprint of the CKKS context of the key epoch, so a round is bound to one key. Its
-SHA-256 digest is the HKDF salt of every pairwise key and is bound into every PRG label,
-AEAD associated data and signature, so nothing from another round, config or cohort can be
-replayed into this one.
+fingerprint of the CKKS context of the key epoch, so a round is bound to one key, and (the
+runtime) the digest of the clients' pinned policy (:mod:`secagg.fl_core.policy`), so parties
+whose policies differ never share a round. Its SHA-256 digest is the HKDF salt of every
+pairwise key and is bound into every PRG label, AEAD associated data and signature, so nothing
+from another round, config, cohort or policy can be replayed into this one.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ __all__ = ["MAX_CLIENT_ID", "MAX_DIM", "MAX_ROUND_ID", "RoundContext"]
 MAX_CLIENT_ID = 2**32 - 2  # Shamir evaluation point id + 1 must stay below 2^32
 MAX_ROUND_ID = 2**64 - 1
 MAX_DIM = 2**32 - 2  # the weighted vector carries one extra value
+_POLICY_TAG = b"secagg/policy/v1"
 
 
 def _check_int(name: str, value: Any, hi: int, lo: int = 0) -> int:
@@ -38,8 +40,8 @@ def _check_int(name: str, value: Any, hi: int, lo: int = 0) -> int:
 class RoundContext:
     """Config, round id, vector length, client ids and (active mode) verify keys of a round."""
 
-    __slots__ = ("_ckks", "_config", "_digest", "_dim", "_fp", "_id_set", "_ids", "_round",
-                 "_vks")
+    __slots__ = ("_ckks", "_config", "_digest", "_dim", "_fp", "_id_set", "_ids", "_policy",
+                 "_round", "_vks")
 
     def __init__(
         self,
@@ -50,6 +52,7 @@ class RoundContext:
         client_ids: Iterable[int],
         verify_keys: Mapping[int, VerifyKey] | None = None,
         ckks_fingerprint: bytes | None = None,
+        policy_digest: bytes | None = None,
     ) -> None:
         """Validate and bind the round's public parameters.
 
@@ -58,7 +61,8 @@ class RoundContext:
             ConfigError: ``round_id`` or ``dim`` out of range; ids not distinct, outside
                 ``[0, 2^32 - 2]`` or not exactly ``config.n`` of them; verify keys missing in
                 active mode, given in passive mode, or not exactly one per client;
-                ``ckks_fingerprint`` (32 bytes) missing for a CKKS protocol or given for another.
+                ``ckks_fingerprint`` (32 bytes) missing for a CKKS protocol or given for another;
+                ``policy_digest`` given but not 32 bytes.
         """
         if not isinstance(config, SecAggConfig):
             raise TypeError(f"config must be SecAggConfig, got {type(config).__name__}")
@@ -80,6 +84,11 @@ class RoundContext:
         if ckks_fingerprint is not None and len(ckks_fingerprint) != 32:
             raise ConfigError("ckks_fingerprint must be 32 bytes")
         self._ckks = ckks_fingerprint
+        if policy_digest is not None and not isinstance(policy_digest, bytes):
+            raise TypeError("policy_digest must be bytes")
+        if policy_digest is not None and len(policy_digest) != 32:
+            raise ConfigError("policy_digest must be 32 bytes")
+        self._policy = policy_digest
         self._fp = config.fixed_point
         self._digest = hashlib.sha256(self._encode()).digest()
 
@@ -107,6 +116,8 @@ class RoundContext:
         parts += [self._vks[i].to_bytes() for i in self._ids if self._vks]
         if self._ckks is not None:  # CKKS configs say it is there (fixed 32 bytes)
             parts.append(self._ckks)
+        if self._policy is not None:  # tagged, so contexts without one encode as before
+            parts += [_POLICY_TAG, self._policy]
         return b"".join(parts)
 
     @property
@@ -158,13 +169,19 @@ class RoundContext:
         return self._ckks
 
     @property
+    def policy_digest(self) -> bytes | None:
+        """The digest of the parties' pinned policy bound into the context (None: unbound)."""
+        return self._policy
+
+    @property
     def fixed_point(self) -> FixedPointConfig:
         """The fixed-point ring of the config."""
         return self._fp
 
     @property
     def digest(self) -> bytes:
-        """SHA-256 over config, round id, dim, client ids and verify keys."""
+        """SHA-256 over config, round id, dim, client ids, verify keys, the CKKS fingerprint and
+        the policy digest."""
         return self._digest
 
     def __repr__(self) -> str:

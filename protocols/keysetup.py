@@ -27,6 +27,16 @@ Stages (server: ``advertise`` -> ``distribute`` -> ``confirm``):
    context relayed is its own.
 4. Closing ``confirm`` yields :class:`EpochKeys`: the public context and the holders.
 
+Passive mode trusts the server as a relay. Without identity keys nothing binds an advertised
+X25519 key to its member, so a server that substitutes its own keys sits in the middle of every
+leader-to-member channel: it opens the leader's delivery, re-encrypts it to each member as the
+leader, and every member confirms the same fingerprint while the server holds the secret key
+(``tests/protocols/test_ckks_passive_attack.py`` runs that attack). No protocol can prevent
+this without a PKI, and where there is one, active mode uses it. A member therefore takes part
+in a passive setup only when its own caller says so (``trust_relay=True``; the runtime passes
+it under ``--insecure`` only), so a server cannot downgrade an active deployment by proposing a
+passive epoch.
+
 A leader that never distributes ends the setup with :class:`ThresholdError`; the caller starts
 the next epoch (the digest changes, so does the leader). Members need a session each time;
 new members get the key exactly like the others, in the next epoch.
@@ -101,15 +111,26 @@ class KeySetupClient(ClientBase[EpochContext]):
     """One member in a key setup; :attr:`secret_context` is its key once DONE."""
 
     def __init__(
-        self, ectx: EpochContext, client_id: int, *, identity: SigningKey | None = None
+        self, ectx: EpochContext, client_id: int, *, identity: SigningKey | None = None,
+        trust_relay: bool = False,
     ) -> None:
         """Create the member's session.
 
+        ``trust_relay`` must be True for a passive epoch: the caller, from its own
+        configuration, accepts that the server can learn the key (see the module docstring).
+        It is ignored in active mode, where the key setup is authenticated.
+
         Raises:
             TypeError: ``ectx`` is not an EpochContext.
-            LocalProtocolError: not a member, or (active mode) a missing or wrong identity.
+            LocalProtocolError: not a member; (active mode) a missing or wrong identity;
+                (passive mode) ``trust_relay`` not True.
         """
         super().__init__(ectx, client_id, key_setup_client_table())
+        if not ectx.config.active and trust_relay is not True:
+            raise LocalProtocolError(
+                "a passive CKKS key setup trusts the server as a relay (it can substitute "
+                "the key-exchange keys and learn the secret key); refused unless the caller "
+                "passes trust_relay=True (insecure deployments only)")
         if ectx.config.active and (not isinstance(identity, SigningKey)
                                    or identity.verify_key != ectx.verify_key(client_id)):
             raise LocalProtocolError("active mode needs the member's registered signing key")

@@ -196,11 +196,28 @@ class SecAggServer(ServerBase[RoundContext]):
         return self._unmask_requests(u3)
 
     def _unmask_requests(self, recipients: frozenset[int]) -> dict[int, Message]:
+        """One request per recipient; in active mode it carries the signatures of the
+        closed neighbourhoods of the clients whose shares the recipient holds.
+
+        Raises:
+            ThresholdError: (active) some client that shared keys has fewer than ``t``
+                signers in its closed neighbourhood: every holder of its shares would refuse,
+                and its secret could not be rebuilt anyway.
+        """
         u3 = frozenset(self._u3)
-        sigs = tuple(sorted(self._sigs.items()))
+        active = self._ctx.config.active
+        if active:
+            t, signers = self._ctx.config.threshold, frozenset(self._sigs)
+            for u in sorted(self._u2):
+                if len((self._nbrs(u) | {u}) & signers) < t:
+                    raise ThresholdError("too few neighbours signed the survivor set", party=u)
         rid = self._ctx.round_id
         for v in sorted(recipients):
             held = self._nbrs(v) & self._u2
+            sigs: tuple[tuple[int, bytes], ...] = ()
+            if active:
+                near = set().union(*(self._nbrs(u) | {u} for u in held | {v}))
+                sigs = tuple(sorted((w, g) for w, g in self._sigs.items() if w in near))
             self._requests[v] = UnmaskRequest(
                 rid, tuple(sorted((held & u3) | {v})), tuple(sorted(held - u3)), sigs)
         return dict(self._requests)

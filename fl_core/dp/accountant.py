@@ -1,12 +1,17 @@
-"""Privacy accounting with Google's maintained ``dp-accounting`` library (RDP, PLD optional).
+"""Privacy accounting: one stateful accountant over two bounds, each the theorem for its mechanism.
 
-Each step is a Poisson-subsampled Gaussian mechanism (records for record-level DP, clients for
-client-level DP) or, at sample rate 1, a plain Gaussian mechanism. For the distributed discrete
-Gaussian the caller passes :func:`secagg.fl_core.dp.mechanism.effective_noise_multiplier`: Kairouz,
-Liu and Steinke (ICML 2021, Thm. 1) bound the sum of discrete Gaussian shares by the zCDP of a
-continuous Gaussian with that multiplier up to ``tau`` (< 1e-100 at our grid scales), and zCDP of
-that size is the RDP curve the Gaussian accounting uses. Discrete sampler: Canonne, Kamath, Steinke
-(NeurIPS 2020).
+``bound="gaussian"`` (local placement: each party adds continuous Gaussian noise): each step is a
+Poisson-subsampled Gaussian mechanism, accounted with Google's ``dp-accounting`` (RDP of the
+subsampled Gaussian, Mironov, Talwar, Zhang 2019; PLD optional), or at sample rate 1 a plain
+Gaussian mechanism.
+
+``bound="zcdp"`` (distributed placement: a sum of discrete Gaussian shares): the mechanism is only
+known to be ``rho``-zCDP with ``rho = 1 / (2 sigma^2)``, ``sigma`` being
+:func:`secagg.fl_core.dp.mechanism.effective_noise_multiplier` (KLS21 Thm. 1). A step at sample
+rate ``q < 1`` is accounted with Zhu-Wang's general Poisson-subsampling bound at integer orders
+(:mod:`secagg.fl_core.dp.rdp`); at ``q = 1`` the unsampled curve ``alpha * rho`` holds at every
+order and equals the Gaussian one, so the ``dp-accounting`` path is used. Both convert RDP to
+``(epsilon, delta)`` with Canonne-Kamath-Steinke 2020 Prop. 12 (dp-accounting's conversion).
 """
 
 from __future__ import annotations
@@ -17,8 +22,10 @@ import math
 from typing import Any, Literal
 
 import dp_accounting  # type: ignore[import-untyped]
+import numpy as np
 
 from secagg.fl_core.dp.errors import DpConfigError
+from secagg.fl_core.dp.rdp import ZCDP_ORDERS, epsilon_from_rdp, zcdp_subsampled_rdp
 
 __all__ = ["PrivacyAccountant", "calibrate_noise_multiplier", "client_level_warning"]
 
@@ -26,7 +33,9 @@ __all__ = ["PrivacyAccountant", "calibrate_noise_multiplier", "client_level_warn
 # left out of the minimum; harmless (the bound stays valid) but it floods progress output.
 logging.getLogger("absl").setLevel(logging.ERROR)
 
-_STATE_VERSION = 1
+_STATE_VERSION = 2
+_READABLE_STATES = (1, 2)  # version 1 had no "bound": it was always the Gaussian one
+Bound = Literal["gaussian", "zcdp"]
 _SIGMA_MAX = 1e6
 _FEW_PARTIES = 100
 
@@ -70,10 +79,15 @@ def _one_step_rdp(noise_multiplier: float, sample_rate: float) -> tuple[Any, Any
 
 @functools.lru_cache(maxsize=4096)
 def _epsilon(
-    kind: str, noise_multiplier: float, sample_rate: float, delta: float, steps: int
+    kind: str, noise_multiplier: float, sample_rate: float, delta: float, steps: int,
+    bound: Bound = "gaussian",
 ) -> float:
     if steps == 0:
         return 0.0
+    if bound == "zcdp" and sample_rate < 1.0:
+        rho = 1.0 / (2.0 * noise_multiplier**2)
+        rdp = np.asarray(zcdp_subsampled_rdp(sample_rate, rho)) * steps
+        return epsilon_from_rdp(ZCDP_ORDERS, rdp, delta)[0]
     if kind == "rdp":
         orders, rdp = _one_step_rdp(noise_multiplier, sample_rate)
         compute = dp_accounting.rdp.rdp_privacy_accountant.compute_epsilon
@@ -84,11 +98,15 @@ def _epsilon(
 
 
 class PrivacyAccountant:
-    """dp-accounting RDP accountant (PLD optional) over Poisson-subsampled Gaussian steps.
+    """Steps taken and the epsilon they spend, under ``bound`` (see the module docstring).
+
+    ``noise_multiplier`` is the continuous Gaussian's sigma (``bound="gaussian"``) or the
+    effective multiplier ``1/sqrt(2 rho)`` of a ``rho``-zCDP mechanism (``bound="zcdp"``).
 
     Raises:
         DpConfigError: on a non-positive or non-finite parameter, ``sample_rate > 1``,
-            ``delta >= 1`` or an unknown ``kind``.
+            ``delta >= 1``, an unknown ``kind`` or ``bound``, or PLD with ``bound="zcdp"``
+            (a PLD needs the mechanism's exact privacy loss, which zCDP does not give).
     """
 
     def __init__(
@@ -98,10 +116,15 @@ class PrivacyAccountant:
         sample_rate: float,
         delta: float,
         kind: Literal["rdp", "pld"] = "rdp",
+        bound: Bound = "gaussian",
     ) -> None:
         _check_params(noise_multiplier, sample_rate, delta)
         if kind not in ("rdp", "pld"):
             raise DpConfigError(f"kind must be 'rdp' or 'pld', got {kind!r}")
+        _check_bound(bound)
+        if bound == "zcdp" and kind == "pld":
+            raise DpConfigError("bound 'zcdp' is accounted with RDP only, not PLD")
+        self.bound: Bound = bound
         self.noise_multiplier = float(noise_multiplier)
         self.sample_rate = float(sample_rate)
         self.delta = float(delta)
@@ -135,7 +158,8 @@ class PrivacyAccountant:
         n = self._steps if steps is None else steps
         if n < 0:
             raise ValueError(f"steps must be >= 0, got {n}")
-        return _epsilon(self.kind, self.noise_multiplier, self.sample_rate, self.delta, n)
+        return _epsilon(self.kind, self.noise_multiplier, self.sample_rate, self.delta, n,
+                        self.bound)
 
     def would_exceed(self, budget: float) -> bool:
         """True when one more step would take epsilon above ``budget``."""
@@ -146,6 +170,7 @@ class PrivacyAccountant:
         return {
             "version": _STATE_VERSION,
             "kind": self.kind,
+            "bound": self.bound,
             "noise_multiplier": self.noise_multiplier,
             "sample_rate": self.sample_rate,
             "delta": self.delta,
@@ -160,10 +185,11 @@ class PrivacyAccountant:
                 (resuming under other noise would make the reported epsilon wrong).
         """
         try:
-            if d["version"] != _STATE_VERSION:
+            if d["version"] not in _READABLE_STATES:
                 raise DpConfigError(f"unsupported accountant state version {d['version']!r}")
             mine = self.state_dict()
-            for key in ("kind", "noise_multiplier", "sample_rate", "delta"):
+            d = {"bound": "gaussian", **d}
+            for key in ("kind", "bound", "noise_multiplier", "sample_rate", "delta"):
                 if d[key] != mine[key]:
                     raise DpConfigError(
                         f"accountant state has {key}={d[key]!r}, this run uses {mine[key]!r}"
@@ -177,18 +203,21 @@ class PrivacyAccountant:
 
 
 def calibrate_noise_multiplier(
-    *, target_epsilon: float, delta: float, sample_rate: float, steps: int
+    *, target_epsilon: float, delta: float, sample_rate: float, steps: int,
+    bound: Bound = "gaussian",
 ) -> float:
-    """Smallest noise multiplier whose RDP epsilon after ``steps`` is at most ``target_epsilon``.
+    """Smallest noise multiplier whose epsilon after ``steps`` under ``bound`` is at most
+    ``target_epsilon`` (the same accounting :class:`PrivacyAccountant` reports).
 
-    Uses :func:`dp_accounting.calibrate_dp_mechanism` (bisection) on a bracket found by doubling;
-    the result is on the private side, within a relative 1e-5 of the exact value.
+    Bisection on a bracket found by doubling (epsilon falls as sigma grows under both bounds);
+    the result is on the private side, within a relative 1e-6 of the exact value.
 
     Raises:
-        DpConfigError: a non-positive parameter, ``steps < 1``, or a target that no sigma up to
-            1e6 reaches.
+        DpConfigError: a non-positive parameter, ``steps < 1``, an unknown ``bound``, or a
+            target that no sigma up to 1e6 reaches.
     """
     _check_params(1.0, sample_rate, delta)
+    _check_bound(bound)
     if (
         isinstance(target_epsilon, bool)
         or not isinstance(target_epsilon, (int, float))
@@ -199,7 +228,7 @@ def calibrate_noise_multiplier(
         raise DpConfigError(f"steps must be an int >= 1, got {steps!r}")
 
     def eps_of(sigma: float) -> float:
-        return _epsilon("rdp", sigma, sample_rate, delta, steps)
+        return _epsilon("rdp", sigma, sample_rate, delta, steps, bound)
 
     hi = 1.0
     while eps_of(hi) > target_epsilon:
@@ -209,21 +238,22 @@ def calibrate_noise_multiplier(
                 f"epsilon {target_epsilon} at delta {delta} is unreachable after {steps} steps"
             )
     lo = hi / 2.0
-    while eps_of(lo) <= target_epsilon and lo > 1e-3:
+    while eps_of(lo) <= target_epsilon:
+        if lo < 1e-3:
+            return lo
         hi, lo = lo, lo / 2.0
-    sigma = dp_accounting.calibrate_dp_mechanism(
-        dp_accounting.rdp.RdpAccountant,
-        lambda s: (
-            _step_event(s, sample_rate)
-            if steps == 1
-            else dp_accounting.SelfComposedDpEvent(_step_event(s, sample_rate), steps)
-        ),
-        target_epsilon,
-        delta,
-        bracket_interval=dp_accounting.ExplicitBracketInterval(lo, hi),
-        tol=hi * 1e-5,
-    )
-    return float(sigma)
+    while hi - lo > hi * 1e-6:  # invariant: eps_of(lo) > target >= eps_of(hi)
+        mid = (lo + hi) / 2.0
+        if eps_of(mid) > target_epsilon:
+            lo = mid
+        else:
+            hi = mid
+    return hi
+
+
+def _check_bound(bound: object) -> None:
+    if bound not in ("gaussian", "zcdp"):
+        raise DpConfigError(f"bound must be 'gaussian' or 'zcdp', got {bound!r}")
 
 
 def client_level_warning(num_parties: int, sample_rate: float) -> str | None:

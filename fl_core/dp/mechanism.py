@@ -5,10 +5,10 @@ Mechanism for Federated Learning with Secure Aggregation" (ICML 2021, KLS21): ea
 its clipped vector to the grid ``u = C * 2^-grid_scale`` and adds a discrete Gaussian share
 (Canonne, Kamath, Steinke, NeurIPS 2020) of std ``sigma * C / (u * sqrt(t))`` grid units, so the
 integer sum over at least ``t`` parties carries discrete noise of std at least ``sigma * C``.
-KLS21 Theorem 1 bounds the zCDP of that sum; :func:`effective_noise_multiplier` turns the bound
-into the noise multiplier of a continuous Gaussian with the same zCDP, which is what the
-accountant is then fed with (the sum of discrete Gaussians is within ``tau`` of a discrete
-Gaussian, and ``tau < 1e-100`` at the grid scales used here).
+KLS21 Theorem 1 bounds the zCDP of that sum; :func:`effective_noise_multiplier` expresses the
+bound as ``1/eps`` (``rho = eps^2/2``), which the accountant takes as a zCDP bound and amplifies
+by Poisson subsampling with Zhu-Wang's general bound (:mod:`secagg.fl_core.dp.rdp`), not with the
+subsampled-Gaussian formula (the sum of discrete Gaussians is not a Gaussian).
 """
 
 from __future__ import annotations
@@ -121,25 +121,36 @@ def _kls21_tau(share_sigma: float, parties: int) -> float:
 
 
 def effective_noise_multiplier(cfg: DpConfig, dim: int) -> float:
-    """The continuous Gaussian noise multiplier with the same zCDP as the mechanism.
+    """The noise multiplier ``1/eps`` of the mechanism's zCDP bound ``rho = eps^2 / 2``.
 
-    Local placement: ``sigma``. Distributed: KLS21 Thm. 1 for the sum of ``t`` discrete
-    Gaussians of std ``s`` grid units and sensitivity ``D`` (:func:`integer_sensitivity`) gives
-    ``eps^2/2``-zCDP with ``eps = min(sqrt(D^2/(t s^2) + tau*dim/2), <an L1-based term>)``,
-    ``tau = 10 sum_{k=1}^{t-1} exp(-2 pi^2 s^2 k/(k+1))``. We use the first (L2) term alone,
-    which can only overstate eps (conservative); a Gaussian mechanism with multiplier ``1/eps``
-    has the same zCDP. More than ``t`` survivors only add noise.
+    Local placement: ``sigma`` (a continuous Gaussian). Distributed: KLS21 Thm. 1 for the sum
+    of ``t`` discrete Gaussians of std ``s`` grid units, L2 sensitivity ``D2``
+    (:func:`integer_sensitivity`) and L1 sensitivity ``D1 <= min(sqrt(dim) D2, D2^2)`` (an
+    integer vector's L1 norm is at most its squared L2 norm) gives ``eps^2/2``-zCDP with::
+
+        eps = min( sqrt(D2^2/(t s^2) + tau dim / 2),
+                   sqrt(D2^2/(t s^2) + 2 D1 tau / (sqrt(t) s) + tau^2 dim),
+                   D2/(sqrt(t) s) + tau sqrt(dim) ),
+        tau = 10 sum_{k=1}^{t-1} exp(-2 pi^2 s^2 k/(k+1)),
+
+    i.e. RDP ``alpha eps^2 / 2`` at every order ``alpha > 1``. That is not a Gaussian
+    mechanism: the accountant must treat ``1/eps`` as a zCDP bound (``bound="zcdp"``), never feed
+    it to the subsampled-Gaussian formula. More than ``t`` survivors only add noise.
 
     Raises:
         ValueError: ``dim`` is not a positive int.
     """
     if cfg.placement is Placement.LOCAL:
         return cfg.noise_multiplier
-    sens = integer_sensitivity(cfg, dim)
+    d2 = integer_sensitivity(cfg, dim)
+    d1 = min(math.sqrt(dim) * d2, d2 * d2)
     s = cfg.share_std() / grid_unit(cfg)
     t = cfg.threshold
     tau = _kls21_tau(s, t)
-    eps = math.sqrt(sens**2 / (t * s**2) + tau * dim / 2.0)
+    l2 = d2 / (math.sqrt(t) * s)
+    eps = min(math.sqrt(l2**2 + tau * dim / 2.0),
+              math.sqrt(l2**2 + 2.0 * d1 * tau / (math.sqrt(t) * s) + tau**2 * dim),
+              l2 + tau * math.sqrt(dim))
     return 1.0 / eps
 
 

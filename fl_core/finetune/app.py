@@ -16,8 +16,9 @@ from pathlib import Path
 from typing import Any
 
 from secagg.fl_core.checkpoint import Checkpoint
-from secagg.fl_core.finetune.job import FinetuneJob, JobError
+from secagg.fl_core.finetune.job import FinetuneJob
 from secagg.fl_core.finetune.party import JobData, build_job_model, load_job_data
+from secagg.fl_core.finetune.preflight import check_protocol
 from secagg.fl_core.finetune.privacy import ResolvedDp, resolve_dp
 from secagg.models import AdaptedModel
 from secagg.protocols.config import SecAggConfig
@@ -41,16 +42,6 @@ class Prepared:
         return self.model.num_trainable
 
 
-def _check_protocol(job: FinetuneJob, protocol: str) -> None:
-    if protocol.startswith("ckks"):
-        raise JobError("fine-tuning runs over secagg, secagg+ or plain; over CKKS the server "
-                       "could not take the optimizer step on an encrypted sum (not wired yet)")
-    if protocol == "plain" and job.dp != "none" and job.noise == "distributed":
-        raise JobError("distributed noise needs secure aggregation: with --protocol plain the "
-                       "server would see each party's small noise share alone; use secagg+ "
-                       "or --noise local")
-
-
 def prepare(job: FinetuneJob, *, protocol: str, n: int, active: bool) -> Prepared:
     """Build the model and data, and resolve DP and the protocol config for cohort ``n``.
 
@@ -59,7 +50,7 @@ def prepare(job: FinetuneJob, *, protocol: str, n: int, active: bool) -> Prepare
         ConfigError: the protocol config does not validate.
         AssetNotFoundError, DataFormatError: the model or data cannot be loaded.
     """
-    _check_protocol(job, protocol)
+    check_protocol(job, protocol)
     _quiet_transformers()
     base: dict[str, Any] = {"protocol": protocol, "n": n}
     if protocol != "plain":

@@ -5,6 +5,11 @@ weights the server broadcast; returns the vector the secure aggregation protocol
 :mod:`secagg.fl_core.finetune.privacy` for the four DP modes). Noise comes from a
 :class:`secagg.fl_core.dp.NoiseSource` (AES-CTR keyed from the OS CSPRNG); record sampling uses the
 same source. The training data never leaves this object.
+
+Client-level self-sampling (``job.client_sample_rate``): every round the party flips its own
+CSPRNG coin and, when it loses, hands the protocol its noise share on a ZERO update. It still
+trains (the same time) and still adds its share (the sum keeps its full noise), so the server
+can neither steer the coin nor see it; only this makes client-level sampling amplify privacy.
 """
 
 from __future__ import annotations
@@ -105,9 +110,20 @@ class FinetuneClientTask:
         clipped, norm = clip_l2(update, cfg.clip)
         assert self.unit_cfg is not None
         scaled = clipped / cfg.clip
+        if not self._sampled_in():
+            scaled = np.zeros_like(scaled)  # sits out: the noise share alone, same timing
         if cfg.placement is Placement.DISTRIBUTED:
             return add_distributed_noise(scaled, self.unit_cfg, self.noise), info | {"norm": norm}
         return add_local_noise(scaled, self.unit_cfg, self.noise), info | {"norm": norm}
+
+    def _sampled_in(self) -> bool:
+        """This round's own coin (client level with ``client_sample_rate``; else always in).
+        Drawn every round whatever the outcome; never logged (the stats file is not private
+        from whoever runs ``secagg run``)."""
+        rate = self.job.client_sample_rate
+        if rate is None:
+            return True
+        return bool(self.noise.uniform(1)[0] < rate)
 
     def _record(self, info: dict[str, Any]) -> None:
         if self.stats_path is None:

@@ -52,9 +52,15 @@ class FinetuneJob:
             the Poisson rate is this over the total number of records).
         local_steps / batch_size: local training per round (local DP-SGD, client level, none).
         clip: the L2 bound C (per record or per client update).
-        epsilon / noise_multiplier: give one (DP on); ``delta`` defaults to 1/N^1.1.
+        epsilon / noise_multiplier: give one (DP on); ``delta`` defaults to 1/N^1.1 (the total
+            delta, the fixed-point clamp probability included).
         epsilon_budget: stop before a round that would spend more.
         grid_scale: fractional bits of the integer grid the distributed noise lives on.
+        client_sample_rate: client level only: each client flips its own CSPRNG coin with this
+            rate every round and, when it loses, contributes a zero update (still training and
+            still adding its noise share, so neither the sum's noise nor its timing tells the
+            server). Only then is client-level DP amplified by sampling (rate this value); left
+            unset, the server picks the cohort and the accountant claims no amplification.
 
     Raises:
         JobError: on nonsense values (checked when built).
@@ -86,6 +92,7 @@ class FinetuneJob:
     epsilon_budget: float | None = None
     grid_scale: int = 14
     generations: int = 3
+    client_sample_rate: float | None = None
 
     def __post_init__(self) -> None:
         _check_choice("adapter", self.adapter, ("lora", "prefix", "prompt", "full"))
@@ -112,6 +119,13 @@ class FinetuneJob:
                 raise JobError(f"{name} must be > 0, got {value!r}")
         if self.delta is not None and not 0.0 < self.delta < 1.0:
             raise JobError(f"delta must be in (0, 1), got {self.delta}")
+        if self.client_sample_rate is not None:
+            rate = self.client_sample_rate
+            if self.dp != "client":
+                raise JobError("client_sample_rate applies to dp='client' only")
+            if not (isinstance(rate, int | float) and not isinstance(rate, bool)
+                    and 0.0 < rate <= 1.0):
+                raise JobError(f"client_sample_rate must be in (0, 1], got {rate!r}")
         if not isinstance(self.generations, int) or self.generations < 0:
             raise JobError("generations must be an int >= 0")
 
@@ -121,8 +135,12 @@ class FinetuneJob:
         return hashlib.sha256(self.to_json().encode()).hexdigest()
 
     def to_json(self) -> str:
-        """Canonical JSON (sorted keys)."""
-        return json.dumps(asdict(self), sort_keys=True)
+        """Canonical JSON (sorted keys); an unset ``client_sample_rate`` is left out, so jobs
+        written before that field existed keep their digest (and their checkpoints)."""
+        doc = asdict(self)
+        if doc["client_sample_rate"] is None:
+            del doc["client_sample_rate"]
+        return json.dumps(doc, sort_keys=True)
 
     @classmethod
     def from_dict(cls, doc: dict[str, Any]) -> FinetuneJob:

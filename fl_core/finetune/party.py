@@ -9,14 +9,13 @@ seeded IID or Dirichlet(alpha) label-skewed split of the rest.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
 
 from secagg.fl_core.finetune.job import FinetuneJob, JobError
+from secagg.fl_core.finetune.preflight import inspect_data
 from secagg.models import (
-    PACKAGED_DATASETS,
     AdaptedModel,
     AdapterConfig,
     ClassificationData,
@@ -26,7 +25,6 @@ from secagg.models import (
     load_packaged,
     train_test_split,
 )
-from secagg.models.errors import DataFormatError
 from secagg.models.loading import TaskKind
 from secagg.models.partition import dirichlet_partition, iid_partition
 
@@ -63,22 +61,19 @@ def task_kind(data: Dataset) -> TaskKind:
 
 
 def _load(name: str) -> Dataset:
-    if name in PACKAGED_DATASETS:
+    # the checks secagg run made before starting any party, and the file's task from its columns
+    info = inspect_data(name)
+    if info.packaged:
         return load_packaged(name)
-    if not Path(name).exists():
-        raise JobError(f"--data {name!r} is neither a packaged set {sorted(PACKAGED_DATASETS)} "
-                       "nor an existing file")
-    try:
-        return load_file(name, task=TaskKind.CLASSIFICATION)
-    except DataFormatError:
-        return load_file(name, task=TaskKind.CAUSAL_LM)  # prompt,response columns
+    return load_file(name, task=TaskKind(info.task))
 
 
 def load_job_data(job: FinetuneJob) -> JobData:
     """Load, split and partition the job's data (deterministic in ``job.seed``).
 
     Raises:
-        JobError: unknown data set or missing file.
+        JobError: unknown data set, missing or malformed file (a
+            :class:`secagg.fl_core.finetune.preflight.PreflightError`).
         DataFormatError, PartitionError: malformed data, or too few examples to split.
     """
     data = _load(job.data)

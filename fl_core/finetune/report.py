@@ -74,6 +74,13 @@ def _show(console: Console, doc: dict[str, Any]) -> None:
               f"{doc.get(f'{metric}_before')} -> {doc.get(f'{metric}_after')}")
     eps = doc.get("epsilon")
     t.add_row("epsilon (delta)", f"{eps if eps is None else round(eps, 3)} ({doc['delta']:.2g})")
+    dp, clamp = doc["dp"], doc["dp"].get("clamp_probability_per_round") or 0.0
+    if clamp:
+        t.add_row("delta = conversion + rounds x clamp",
+                  f"{dp.get('delta_conversion', doc['delta']):.3g} + {job.get('rounds')} x "
+                  f"{clamp:.1g}")
+    if doc["dp"].get("amplification"):
+        t.add_row("amplification", str(doc["dp"]["amplification"]))
     t.add_row("rounds", str(doc["rounds"]))
     t.add_row("bytes up / down per client per round",
               f"{doc['bytes_up_per_client_per_round'] / 1e3:.1f} kB / "

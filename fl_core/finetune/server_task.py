@@ -9,6 +9,14 @@ their mean (client level: over the cohort size ``n``, a public constant, times `
 
 The server also holds the public hold-out set and the same pretrained model, and evaluates
 the global weights before round 1 and at the end.
+
+Privacy is charged BEFORE a round can release anything: :meth:`begin_round` steps the
+accountant when the round is reserved, and the server writes that state with the reservation
+(:func:`secagg.fl_core.server_app.serve`) before any round-start message goes out. The server
+process sees the unmasked sum inside the round, so a crash (or a malicious server) after the
+sum but before the checkpoint must still find the round charged. Conservative: a reserved round
+counts even if it aborts. The job's ``(epsilon, delta)`` is for ``rounds`` charged rounds, so the
+task stops once those are spent (or earlier, at ``epsilon_budget``).
 """
 
 from __future__ import annotations
@@ -53,6 +61,9 @@ class FinetuneServerTask:
         self._t = 0
         self.evals: list[dict[str, Any]] = []
         self.expected_batch = dp.accountant_rate * sum(data.sizes)
+        #: client level: the expected number of real (not sat-out) updates in the sum
+        self.expected_updates = cohort * (job.client_sample_rate or 1.0)
+        self._charged: set[int] = set()
         cfg = dp.config
         #: record level with distributed noise, or local noise and one local step: the sum is
         #: of (noised) clipped gradient sums and the server takes the optimizer step
@@ -80,25 +91,46 @@ class FinetuneServerTask:
             grad = total * (self.job.clip / self.expected_batch)
             return state - self._step(grad)
         if cfg is not None and cfg.unit is Unit.CLIENT:
-            mean = total * (self.job.clip / self.cohort)
+            mean = total * (self.job.clip / self.expected_updates)
         else:
             mean = total / max(out.weight_total, 1.0)
         return state + self.job.server_lr * mean
 
+    def begin_round(self, round_id: int) -> None:
+        """Charge round ``round_id`` before it runs (the caller persists :meth:`state_dict`
+        before any message of the round goes out). Charging the same id twice is a no-op."""
+        if self.accountant is not None and round_id not in self._charged:
+            self.accountant.step(self.dp.steps_per_round)
+        self._charged.add(round_id)
+
     def report(self, out: RoundOutcome) -> dict[str, Any]:
-        """Epsilon spent so far (the accountant steps on every applied round)."""
+        """Epsilon and delta spent so far. A round nobody charged with :meth:`begin_round`
+        (an in-process driver that calls only apply/report) is charged here when it applied."""
         doc: dict[str, Any] = {}
-        if out.ok and self.accountant is not None:
+        if out.round_id not in self._charged and out.ok and self.accountant is not None:
             self.accountant.step(self.dp.steps_per_round)
         if self.accountant is not None:
             doc["epsilon"] = round(self.accountant.epsilon(), 4)
-            doc["delta"] = self.dp.delta
+            doc["delta"] = self.dp.delta_after(self.charged_rounds)
         return doc
 
+    @property
+    def charged_rounds(self) -> int:
+        """Rounds the accountant has been charged for."""
+        if self.accountant is None:
+            return 0
+        return self.accountant.steps // self.dp.steps_per_round
+
     def stop_reason(self) -> str | None:
-        """Stop when one more round would spend more than ``epsilon_budget``."""
+        """Stop when the job's rounds are all charged (its epsilon is spent: aborted rounds
+        count), or when one more round would spend more than ``epsilon_budget``."""
+        if self.accountant is None:
+            return None
+        if self.charged_rounds >= self.job.rounds:
+            return (f"privacy: all {self.job.rounds} rounds of the job are charged "
+                    f"(epsilon {self.accountant.epsilon():.3f})")
         budget = self.job.epsilon_budget
-        if budget is None or self.accountant is None:
+        if budget is None:
             return None
         if self.accountant.epsilon(self.accountant.steps + self.dp.steps_per_round) > budget:
             return (f"privacy budget: one more round would exceed epsilon {budget} "

@@ -15,7 +15,7 @@ import flwr.compat.common.recorddict_compat as compat
 from flwr.common import FitRes, ndarrays_to_parameters, parameters_to_ndarrays
 from flwr.server.workflow.constant import MAIN_CONFIGS_RECORD, MAIN_PARAMS_RECORD
 from flwr.server.workflow.constant import Key as WorkflowKey
-from flwr.serverapp.grid import Grid
+from flwr.serverapp import Grid
 
 from secagg.protocols.errors import RemoteProtocolError, ThresholdError
 

@@ -26,8 +26,7 @@ from typing import Any, cast
 
 import numpy as np
 import numpy.typing as npt
-from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
-from flwr.app.message_type import MessageType
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, RecordDict
 from flwr.clientapp.typing import ClientAppCallable
 
 from secagg.ckks import CkksSecretContext
@@ -154,7 +153,9 @@ def _keys_start(ctxt: Context, cfg: ConfigRecord) -> list[bytes]:
     ectx = EpochContext(config=config_from_json(_get(cfg, "config", str)),
                         epoch=_get(cfg, "epoch", int),
                         client_ids=cast(list[int], _get(cfg, "clients", list)))
-    client = KeySetupClient(ectx, _get(cfg, "cid", int))
+    # No PKI under Flower: passive CKKS trusts the Flower server as a relay (it could
+    # substitute the key-exchange keys and learn the key; docs/threat-model.md).
+    client = KeySetupClient(ectx, _get(cfg, "cid", int), trust_relay=True)
     frames = [encode(m) for m in client.start()]
     _save(ctxt, client)
     return frames

@@ -27,9 +27,8 @@ from typing import Any, cast
 
 import numpy as np
 import numpy.typing as npt
-from flwr.app import ConfigRecord, Message, RecordDict
-from flwr.app.message_type import MessageType
-from flwr.serverapp.grid import Grid
+from flwr.app import ConfigRecord, Message, MessageType, RecordDict
+from flwr.serverapp import Grid
 
 from secagg.fl_core.flower._state import RECORD, config_to_json, join_frames, split_frames
 from secagg.fl_core.flower.mod import SUM_RECORD

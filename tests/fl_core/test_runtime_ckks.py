@@ -55,7 +55,7 @@ def _run(tmp_path: Path, crash: str) -> list[subprocess.Popen[Any]]:
             extra = ["--crash-at", crash] if cid == VICTIM else []
             procs.append(subprocess.Popen(
                 [*PY, "client", *common, "--connect", f"tcp://127.0.0.1:{port}", "--id",
-                 str(cid), "--idle-timeout", "40", "--aggregates",
+                 str(cid), "--idle-timeout", "40", "--min-clients", str(N - 1), "--aggregates",
                  str(tmp_path / f"agg{cid}.jsonl"), *extra]))
         assert server.wait(timeout=150) == 0
         for p in procs[1:]:

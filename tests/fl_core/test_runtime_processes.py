@@ -141,7 +141,7 @@ def test_cohort_sampled_from_more_clients(cluster: Cluster) -> None:
                                "--checkpoint", str(cluster.ckpt), "--json", str(cluster.json),
                                "--stage-deadline", "unmask=3", "--deadline", "5"])
     cluster.procs.append(server)
-    cluster.clients()
+    cluster.clients({c: ["--n", "6"] for c in range(1, N + 1)})  # each client pins n = 6 too
     assert server.wait(timeout=45) == 0
     rounds = cluster.rounds()
     assert all(r["ok"] and len(r["sampled"]) == 6 == len(r["survivors"]) for r in rounds)

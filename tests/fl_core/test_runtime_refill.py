@@ -132,7 +132,7 @@ def test_refill_after_permanent_death_4_clients_5_rounds(tmp_path: Path) -> None
             extra = ["--crash-at", "5:1"] if cid == victim else []
             procs.append(subprocess.Popen(
                 [*PY, "client", *common, "--connect", endpoint, "--id", str(cid),
-                 "--idle-timeout", "40", *extra]))
+                 "--idle-timeout", "40", "--min-clients", "3", *extra]))  # the same policy
         assert server.wait(timeout=120) == 0
     finally:
         reap(procs)

@@ -15,12 +15,16 @@ from secagg import rng
 from secagg.ckks import CkksSecretContext, decrypt_ints, encrypt_ints
 from secagg.ckks_sum import CkksSum
 from secagg.ckks_wire import CHUNK_HEADER_BYTES
-from secagg.protocols import ProtocolError, RemoteProtocolError, ThresholdError, wire
+from secagg.prg import MaskPRG
+from secagg.protocols import ProtocolError, RemoteProtocolError, ThresholdError, labels, wire
 from secagg.protocols.ckks_harness import setup_keys
 from secagg.protocols.ckks_round import encrypt_upload
+from secagg.protocols.encoding import check_input, encode_input
 from secagg.protocols.harness import RoundSimulation
-from secagg.protocols.messages import CkksInput, EncryptedSum
+from secagg.protocols.messages import CkksInput, EncryptedSum, UnmaskResponse
 from secagg.protocols.transitions import ClientStage, ServerStage
+from secagg.protocols.unmasking import SecretRecovery
+from secagg.shamir import Share
 from tests.protocols.ckks_helpers import CkksDriver, ckks_config, keyring
 from tests.protocols.helpers import bound, roundtrip
 
@@ -245,13 +249,54 @@ def _chi2_uniform(values: Any, bins: int) -> float:
 CHI2_255_P1E6 = 377.0  # Wilson-Hilferty: P[chi2(255) > 377] ~ 1e-6
 
 
-class Tap(RoundSimulation):
+class Coalition(RoundSimulation):
+    """The server's view of a round plus what colluding key holders know.
+
+    It keeps every upload and every unmask response (what the server legitimately gets), and
+    each colluder's pairwise mask seeds as the colluder derives them (what a corrupted client
+    hands over).
+    """
+
+    colluders: frozenset[int]
     uploads: dict[int, bytes]
+    unmask: dict[int, bytes]
+    pair_seeds: dict[int, dict[int, bytes]]
 
     def to_server(self, cid: int, stage: ServerStage, data: bytes) -> bytes | None:
         if stage is ServerStage.MASKED_INPUT:
             self.uploads[cid] = data
+        elif stage is ServerStage.UNMASK:
+            self.unmask[cid] = data
+        elif stage is ServerStage.SHARE and cid in self.colluders:
+            self.pair_seeds[cid] = dict(self.clients[cid]._s.mask_seeds)  # type: ignore[attr-defined]
         return data
+
+    def residual(self, target: int, reader: int) -> Any:
+        """``target``'s upload as the coalition sees it: decrypted with ``reader``'s key, less
+        ``target``'s self mask (rebuilt from the survivors' seed shares, as the server does)
+        and less the pairwise masks it shares with colluders."""
+        cfg, ctx = self.ctx.config, self.ctx
+        up = wire.decode(self.uploads[target])
+        assert isinstance(up, CkksInput)
+        lanes = decrypt_ints(self.keys.secret(reader), list(up.chunks), count=ctx.vector_length,
+                             layout=cfg.ckks_layout, n=1)
+        ring = np.bitwise_and(lanes, (1 << cfg.bits) - 1).astype(np.uint32)
+        if not self.unmask:  # ckks: no masks at all
+            return ring
+        ys = {}
+        for sender, raw in self.unmask.items():
+            resp = wire.decode(raw)
+            assert isinstance(resp, UnmaskResponse)
+            ys.update({sender: Share.from_bytes(sender + 1, b).y
+                       for u, b in resp.seed_shares if u == target})
+        seed = SecretRecovery(cfg.threshold).recover(target, ys)
+        MaskPRG(seed, label=labels.self_mask_label(ctx, target)).add_into(
+            ring, bits=32, subtract=True)
+        for c in sorted(self.colluders - {target}):
+            if target in self.pair_seeds[c]:  # target added -PRG iff target > c: undo it
+                MaskPRG(self.pair_seeds[c][target], label=labels.pair_mask_label(
+                    ctx, target, c)).add_into(ring, bits=32, subtract=target < c)
+        return np.bitwise_and(ring, np.uint32((1 << cfg.bits) - 1))
 
 
 def _deterministic_rng(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -268,28 +313,42 @@ def _deterministic_rng(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(rng, "random_bytes", random_bytes)
 
 
-@pytest.mark.parametrize("protocol", ["ckks+mask", "ckks"])
-def test_a_colluding_key_holder_sees_uniform_uploads(protocol: str,
+COALITIONS = {  # (protocol, colluding key holders besides the server, what the target shows)
+    "ckks+mask, one key holder": ("ckks+mask", {3}, "uniform"),
+    "ckks+mask, two key holders": ("ckks+mask", {2, 3}, "uniform"),
+    # controls: the same statistic on what it must catch
+    "ckks+mask, every neighbour of the target (beyond the bound)": ("ckks+mask", {1, 2, 3},
+                                                                   "exact"),
+    "ckks, one key holder": ("ckks", {3}, "exact"),
+}
+
+
+@pytest.mark.parametrize("case", list(COALITIONS))
+def test_a_colluding_key_holder_sees_uniform_uploads(case: str,
                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """Server + key holders decrypt client 0's upload and strip every mask they can: its self
+    mask (the server rebuilds ``b_0`` from the unmask answers) and its pairwise masks with the
+    colluders. While one honest neighbour's pairwise mask remains the residual is uniform
+    (chi-square on the low and high byte); once none remains it is the exact encoded input."""
+    protocol, colluders, expect = COALITIONS[case]
     cfg = config(protocol)
     _deterministic_rng(monkeypatch)  # fixed seeds (masks, context id): it cannot flake
     keys = setup_keys(cfg, range(4)).keys
     dim = 8192
     xs = {i: np.zeros(dim) for i in range(4)}  # the most structured input there is
-    sim = Tap(cfg, xs, keys=keys)
-    sim.uploads = {}
+    sim = Coalition(cfg, xs, keys=keys)
+    sim.colluders, sim.uploads, sim.unmask, sim.pair_seeds = frozenset(colluders), {}, {}, {}
     r = sim.run()
     assert r.included == (0, 1, 2, 3)
-    up = wire.decode(sim.uploads[0])
-    assert isinstance(up, CkksInput)
-    lanes = decrypt_ints(keys.secret(3), list(up.chunks), count=dim, layout=cfg.ckks_layout, n=1)
-    ring = np.bitwise_and(lanes, (1 << cfg.bits) - 1)
+    ring = sim.residual(0, reader=max(colluders))
     low = _chi2_uniform(ring & 0xFF, 256)
     high = _chi2_uniform(ring >> (cfg.bits - 8), 256)
-    if protocol == "ckks+mask":
+    if expect == "uniform":
         assert low < CHI2_255_P1E6 and high < CHI2_255_P1E6, (low, high)
-    else:  # the same test sees straight through an unmasked upload
-        assert low > 100 * CHI2_255_P1E6 and not ring.any()
+    else:  # the same statistic sees straight through, and the residual is the input itself
+        assert low > 100 * CHI2_255_P1E6 and high > 100 * CHI2_255_P1E6, (low, high)
+        np.testing.assert_array_equal(ring, encode_input(sim.ctx, *check_input(
+            sim.ctx, xs[0], None)))
 
 
 def test_encrypt_upload_lifts_ring_elements_exactly() -> None:

@@ -62,7 +62,8 @@ class KeyDriver(CkksDriver):
         ids = list(range(cfg.n))
         self.ctx = EpochContext(config=cfg, epoch=epoch, client_ids=ids)  # type: ignore[assignment]
         self.server = KeySetupServer(self.ctx)  # type: ignore[assignment]
-        self.clients = {i: KeySetupClient(self.ctx, i) for i in ids}  # type: ignore[misc]
+        self.clients = {i: KeySetupClient(self.ctx, i, trust_relay=True)  # type: ignore[misc]
+                        for i in ids}
         self.xs = dict.fromkeys(ids)
         self.inbox: dict[int, Message] = {}
         self.leader = self.ctx.leader(ids)

@@ -152,7 +152,16 @@ def test_different_survivor_lists_active() -> None:
 def test_too_few_consistency_signatures() -> None:
     d = at_unmask(active=True)
     cid, req = _victim(d)
-    refuses(d, cid, dataclasses.replace(req, signatures=req.signatures[:2]), ThresholdError)
+    refuses(d, cid, dataclasses.replace(req, signatures=req.signatures[:2]))
+    # t signatures in all, but not t from the neighbourhood of each share owner: refused
+    d = at_unmask(active=True)
+    cid, req = _victim(d)
+    near = d.clients[cid].committed | {cid}
+    owner = min(near)
+    far = tuple((c, g) for c, g in sorted(d.server._sigs.items()) if c != owner
+                and c not in d.clients[owner].neighbours)  # 8 signers, <= 5 near the owner
+    assert len(far) >= d.ctx.config.threshold
+    refuses(d, cid, dataclasses.replace(req, signatures=far))
     d = at_unmask(active=True)
     cid, req = _victim(d)
     forged = tuple((c, bytes(64)) for c, _ in req.signatures)

@@ -10,7 +10,14 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from secagg.protocols import RoundContext, SecAggConfig, ThresholdError, run_round
+from secagg.protocols import (
+    RoundContext,
+    SecAggConfig,
+    ThresholdError,
+    create_client,
+    create_server,
+    run_round,
+)
 from secagg.protocols.graph import round_graph
 from secagg.protocols.harness import STAGES, RoundSimulation
 from secagg.protocols.params import min_threshold
@@ -154,12 +161,76 @@ def test_stochastic_rounding_round() -> None:
     assert np.max(np.abs(r.aggregate - sum(xs.values()))) <= 5 * 2.0**-cfg.scale
 
 
+def _same_keys_round(cfg: SecAggConfig, round_id: int, identities: dict[int, Any]) -> Any:
+    """A Driver whose clients keep the same identity keys from round to round."""
+    from tests.protocols.helpers import Driver
+
+    d = Driver(cfg, dim=3, round_id=round_id)
+    ids = sorted(identities)
+    d.identities = identities
+    d.ctx = RoundContext(config=cfg, round_id=round_id, dim=3, client_ids=ids,
+                         verify_keys={i: k.verify_key for i, k in identities.items()})
+    d.server = create_server(d.ctx)
+    d.clients = {i: create_client(d.ctx, i, identity=identities[i]) for i in ids}
+    return d
+
+
 def test_round_ids_separate_rounds() -> None:
-    cfg = make_config("secagg", n=4)
-    xs = make_inputs(range(4), 3)
-    a = run_round(cfg, xs, round_id=5)
-    b = run_round(cfg, xs, round_id=6)
-    np.testing.assert_array_equal(a.output.ring, b.output.ring)  # same sum, fresh masks
+    """Signatures of round r are worthless in round r + 1 of the same config, cohort, dimension
+    and identity keys: a replayed advert is refused, and a malicious server cannot show a client
+    a survivor set backed by the other clients' consistency signatures of the previous round
+    (a split view: clients 1..3 are told 0 dropped, client 0 that everyone survived)."""
+    import dataclasses
+
+    from secagg.protocols import RemoteProtocolError
+    from secagg.protocols.messages import (
+        AdvertiseKeys,
+        ConsistencyRequest,
+        ConsistencySignature,
+        UnmaskRequest,
+        UnmaskResponse,
+    )
+    from secagg.sign import SigningKey
+    from tests.protocols.helpers import roundtrip
+
+    cfg = make_config("secagg", n=4, active=True, threshold=3)
+    ids = [0, 1, 2, 3]
+    identities = {i: SigningKey.generate() for i in ids}
+    old = _same_keys_round(cfg, 5, identities)
+    old.run()  # everyone survives: each client signed the survivor set (0, 1, 2, 3)
+    r5 = _same_keys_round(cfg, 5, identities)
+    (adv5,) = r5.clients[1].start(r5.xs[1])
+    assert isinstance(adv5, AdvertiseKeys)
+    signed = dict(old.server._sigs)  # what the server collected in round 5
+    assert set(signed) == set(ids)
+
+    new = _same_keys_round(cfg, 6, identities)
+    with pytest.raises(RemoteProtocolError, match=r"not signed|signature"):
+        new.server.receive(1, roundtrip(dataclasses.replace(adv5, round_id=6)))
+    new = _same_keys_round(cfg, 6, identities)
+    new.start()
+    new.step()  # advertise -> rosters
+    new.step()  # share -> relays
+    new.close()  # masked input -> consistency requests (everyone survived)
+    everyone = (0, 1, 2, 3)
+    sig0 = new.clients[0].receive(roundtrip(ConsistencyRequest(6, everyone)))
+    assert isinstance(sig0[0], ConsistencySignature)
+    for v in (1, 2, 3):  # the others are told that 0 dropped
+        new.clients[v].receive(roundtrip(ConsistencyRequest(6, (1, 2, 3))))
+    forged = UnmaskRequest(6, everyone, (), tuple(sorted(
+        {**signed, 0: sig0[0].signature}.items())))
+    with pytest.raises(RemoteProtocolError, match="consistency signature invalid"):
+        new.clients[0].receive(roundtrip(forged))
+    # the check is the round binding, not the request's shape: with this round's signatures
+    # on the set shown, the same client answers
+    honest = _same_keys_round(cfg, 6, identities)
+    honest.start()
+    honest.step()
+    honest.step()
+    honest.step()  # consistency requests delivered, signatures collected
+    requests = honest.close()
+    out = honest.clients[0].receive(roundtrip(requests[0]))
+    assert isinstance(out[0], UnmaskResponse)
 
 
 class Tap(RoundSimulation):

@@ -168,3 +168,137 @@ def test_distributed_noise_needs_secure_aggregation() -> None:
         prepare(FinetuneJob(), protocol="plain", n=4, active=False)
     with pytest.raises(JobError, match="CKKS"):
         prepare(FinetuneJob(), protocol="ckks", n=4, active=False)
+
+
+# -- client-level amplification, the clamp term in delta, charging before release -------------
+
+
+def test_client_level_claims_no_amplification_unless_clients_self_sample() -> None:
+    # 16 parties, the server picks 4 per round: the old accountant took q = 4/16 and reported
+    # epsilon 8.0 at sigma 0.783 over 30 rounds; against the server that picks the cohort
+    # there is no amplification and the same noise spends about 39.6
+    job = FinetuneJob(dp="client", num_clients=16, rounds=30, epsilon=None,
+                      noise_multiplier=0.783)
+    dp = resolve_dp(job, dim=DIM, sizes=(300,) * 16, cohort=4, threshold=3)
+    acc = dp.accountant()
+    assert acc is not None and dp.accountant_rate == 1.0
+    assert dp.describe()["amplification"].startswith("none")
+    acc.step(30)
+    assert acc.epsilon() == pytest.approx(39.63, abs=0.05)
+    # clients that flip their own coins (rate from their own job file) do amplify
+    own = FinetuneJob(dp="client", num_clients=16, rounds=30, epsilon=None,
+                      noise_multiplier=0.783, client_sample_rate=0.25)
+    dps = resolve_dp(own, dim=DIM, sizes=(300,) * 16, cohort=16, threshold=11)
+    acc_s = dps.accountant()
+    assert acc_s is not None and dps.accountant_rate == 0.25
+    assert acc_s.epsilon(30) < 0.5 * acc.epsilon()
+    with pytest.raises(JobError, match="client_sample_rate"):
+        FinetuneJob(client_sample_rate=0.5)  # record level: records are sampled already
+    with pytest.raises(JobError, match="client_sample_rate"):
+        FinetuneJob(dp="client", client_sample_rate=1.5)
+    assert "client_sample_rate" not in FinetuneJob().to_json()  # old digests unchanged
+
+
+def test_a_client_that_sits_out_sends_its_noise_share_on_a_zero_update() -> None:
+    from types import SimpleNamespace
+
+    from secagg.fl_core.dp import NoiseSource
+    from secagg.fl_core.finetune.client_task import FinetuneClientTask
+
+    job = FinetuneJob(dp="client", num_clients=16, rounds=30, epsilon=None,
+                      noise_multiplier=0.783, client_sample_rate=0.3)
+    dp = resolve_dp(job, dim=DIM, sizes=(300,) * 16, cohort=16, threshold=11)
+    task = FinetuneClientTask(job, 1, SimpleNamespace(), SimpleNamespace(), dp)  # type: ignore[arg-type]
+    task.noise = NoiseSource.for_testing(b"coins")
+    draws = [task._sampled_in() for _ in range(4000)]
+    assert 0.27 < sum(draws) / len(draws) < 0.33
+
+
+def test_reported_delta_includes_the_clamp_probability() -> None:
+    job = FinetuneJob(rounds=20, epsilon=8.0)
+    dp = resolve_dp(job, dim=DIM, sizes=SIZES, cohort=4, threshold=3)
+    total = 1 / sum(SIZES) ** 1.1
+    assert dp.clamp_probability > 0 and dp.delta == pytest.approx(total, rel=1e-12)
+    # the RDP conversion gets what the clamps leave; after all rounds the two add up to delta
+    assert dp.accountant_delta == pytest.approx(total - 20 * dp.clamp_probability, rel=1e-12)
+    assert dp.delta_after(20) == pytest.approx(total, rel=1e-12)
+    acc = dp.accountant()
+    assert acc is not None and acc.delta == dp.accountant_delta
+    doc = dp.describe()
+    assert doc["delta_conversion"] < doc["delta"] and doc["clamp_probability_per_round"] > 0
+    with pytest.raises(JobError, match="clamp"):
+        resolve_dp(FinetuneJob(rounds=20, epsilon=8.0, delta=1e-12), dim=DIM, sizes=SIZES,
+                   cohort=4, threshold=3)
+    local = resolve_dp(FinetuneJob(rounds=20, epsilon=8.0, noise="local"), dim=DIM,
+                       sizes=SIZES, cohort=4, threshold=3)
+    assert local.clamp_probability == 0.0 and local.accountant_delta == local.delta
+
+
+class _Crash(Exception):
+    pass
+
+
+def test_a_round_released_before_its_checkpoint_is_still_charged(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """serve() with a fake driver: the server dies after round 2's sum exists (and after the
+    task reported it) but before the checkpoint that applies it. The resumed server must find
+    round 2 charged, and the job stops when its planned rounds are all charged."""
+    from types import SimpleNamespace
+    from typing import Any
+
+    from secagg.fl_core import server_app
+    from secagg.fl_core.checkpoint import resume
+    from secagg.fl_core.driver import RoundOutcome
+    from secagg.fl_core.finetune.server_task import FinetuneServerTask
+
+    dim, rounds = 6, 3
+    job = FinetuneJob(rounds=rounds, epsilon=None, noise_multiplier=1.0)
+    dp = resolve_dp(job, dim=dim, sizes=(100, 100, 100), cohort=3, threshold=2)
+
+    class Task(FinetuneServerTask):
+        def evaluate(self, state: Any, step: int) -> dict[str, Any]:
+            return {}
+
+    def task() -> Task:
+        model = SimpleNamespace(num_trainable=dim, get_vector=lambda: np.zeros(dim))
+        return Task(job, model, SimpleNamespace(sizes=(100, 100, 100)), dp,  # type: ignore[arg-type]
+                    cohort=3)
+
+    class Driver:
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            self.drops: dict[Any, int] = {}
+
+        def run_round(self, round_id: int, step: int, state: Any) -> RoundOutcome:
+            return RoundOutcome(round_id, (1, 2, 3), aggregate=np.ones(dim), weight_total=3.0,
+                                included=(1, 2, 3), threshold=2)
+
+        def goodbye(self, round_id: int) -> None:
+            pass
+
+    def crash(settings: Any, where: str, round_id: int) -> None:
+        if settings.crash_after == f"{where}:{round_id}":
+            raise _Crash
+
+    monkeypatch.setattr(server_app, "RoundDriver", Driver)
+    monkeypatch.setattr(server_app, "_maybe_crash", crash)
+    monkeypatch.setattr("secagg.fl_core.server_app.time.sleep", lambda s: None)
+    path = tmp_path / "ckpt"
+    transport = SimpleNamespace(allowlist=None)
+    settings = server_app.ServerSettings(config_args={}, dim=dim, rounds=rounds,
+                                         checkpoint=path, crash_after="aggregate:2")
+    first = task()
+    with pytest.raises(_Crash):
+        server_app.serve(transport, settings, task=first)  # type: ignore[arg-type]
+    assert first.accountant is not None and first.accountant.steps == 2
+    on_disk = resume(path)
+    assert (on_disk.step, on_disk.last_round_id) == (1, 2)  # round 2's sum never applied...
+    second = task()
+    second.load_state_dict(on_disk.accountant, on_disk.extra)
+    assert second.accountant is not None and second.accountant.steps == 2  # ...but charged
+    settings.resume, settings.crash_after = True, None
+    final = server_app.serve(transport, settings, task=second)  # type: ignore[arg-type]
+    # one round of the 3 planned is left to spend: it runs, then the job stops, charged 3
+    assert (final.step, final.last_round_id) == (2, 3)
+    assert second.accountant.steps == rounds
+    assert second.stop_reason() is not None and "charged" in (second.stop_reason() or "")
+    assert final.history[-1]["delta"] == pytest.approx(dp.delta_after(rounds))

