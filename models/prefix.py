@@ -190,14 +190,19 @@ def _prefix_forward(
     return out
 
 
-class PrefixTunedForSequenceClassification(PeftModelForSequenceClassification):
-    """PEFT's prefix-tuned classifier whose forward passes the prefix under :func:`cache_argument`.
+class _CachePrefix(PeftModel):
+    """The forward both prefix-tuned task classes share: PEFT's prompt encoder builds the
+    prefix, which goes to the base model under :func:`cache_argument`. Subclasses list this
+    first, then PEFT's task class, so ``super().__init__`` is PEFT's.
 
     Raises:
         TypeError: ``peft_config`` is not a PrefixTuningConfig.
         UnsupportedModelError: ``model`` takes no KV cache, or PEFT does not build its prefix
             as a transformers ``Cache``.
     """
+
+    # Segment ids the base model cannot take with a prefix (a decoder has no segments).
+    _drop_kwargs: tuple[str, ...] = ()
 
     def __init__(
         self, model: PreTrainedModel, peft_config: PeftConfig, adapter_name: str = "default"
@@ -228,6 +233,8 @@ class PrefixTunedForSequenceClassification(PeftModelForSequenceClassification):
             ValueError: neither ``input_ids`` nor ``inputs_embeds``, or a mask that is not 2-D.
             UnsupportedModelError: the base model did not read the prefix.
         """
+        for name in self._drop_kwargs:
+            kwargs.pop(name, None)
         return _prefix_forward(
             self,
             self.cache_argument,
@@ -239,54 +246,14 @@ class PrefixTunedForSequenceClassification(PeftModelForSequenceClassification):
         )
 
 
-class PrefixTunedForCausalLM(PeftModelForCausalLM):
-    """PEFT's prefix-tuned causal LM whose forward passes the prefix under :func:`cache_argument`.
+class PrefixTunedForSequenceClassification(_CachePrefix, PeftModelForSequenceClassification):
+    """PEFT's prefix-tuned classifier whose forward passes the prefix under :func:`cache_argument`
+    (raises as :class:`_CachePrefix`)."""
 
-    ``generate`` is PEFT's own and unchanged.
 
-    Raises:
-        TypeError: ``peft_config`` is not a PrefixTuningConfig.
-        UnsupportedModelError: ``model`` takes no KV cache, or PEFT does not build its prefix
-            as a transformers ``Cache``.
-    """
+class PrefixTunedForCausalLM(_CachePrefix, PeftModelForCausalLM):
+    """PEFT's prefix-tuned causal LM whose forward passes the prefix under :func:`cache_argument`;
+    ``token_type_ids`` are dropped as in PEFT's prefix forward, and ``generate`` is PEFT's own
+    (raises as :class:`_CachePrefix`)."""
 
-    def __init__(
-        self, model: PreTrainedModel, peft_config: PeftConfig, adapter_name: str = "default"
-    ) -> None:
-        config = _checked_config(peft_config)
-        argument = cache_argument(model)
-        super().__init__(model, config, adapter_name=adapter_name)
-        self.cache_argument = argument
-        _cache_prefix(self, 1)  # refuse an unusable architecture now, not at the first step
-
-    def forward(
-        self,
-        input_ids: torch.Tensor | None = None,
-        attention_mask: torch.Tensor | None = None,
-        inputs_embeds: torch.Tensor | None = None,
-        labels: torch.Tensor | None = None,
-        output_attentions: bool | None = None,
-        output_hidden_states: bool | None = None,
-        return_dict: bool | None = None,
-        task_ids: torch.Tensor | None = None,
-        **kwargs: Any,
-    ) -> Any:
-        """The base model's output with the trained prefix in every layer.
-
-        ``task_ids`` (multitask prompt tuning only) is ignored and ``token_type_ids`` are
-        dropped (a decoder has no segments), both as in PEFT's prefix forward.
-
-        Raises:
-            ValueError: neither ``input_ids`` nor ``inputs_embeds``, or a mask that is not 2-D.
-            UnsupportedModelError: the base model did not read the prefix.
-        """
-        kwargs.pop("token_type_ids", None)
-        return _prefix_forward(
-            self,
-            self.cache_argument,
-            input_ids,
-            attention_mask,
-            inputs_embeds,
-            labels,
-            _given(kwargs, output_attentions, output_hidden_states, return_dict),
-        )
+    _drop_kwargs = ("token_type_ids",)

@@ -5,6 +5,7 @@ committed lock, with their hashes."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import zipfile
@@ -72,6 +73,12 @@ print("core round ok")
 """
 
 
+def _clean_env() -> dict[str, str]:
+    """The environment without what an earlier test's import of Ray leaves in it (PYTHONPATH
+    naming the full venv), so the core venv sees only its own packages."""
+    return {k: v for k, v in os.environ.items() if not k.startswith("PYTHON")}
+
+
 def _locked_blocks(names: tuple[str, ...]) -> str:
     """The lock's entries (pin and hashes) for ``names``."""
     blocks, keep = [], False
@@ -110,12 +117,15 @@ def test_core_only_venv_runs_a_secagg_plus_round(wheel: Path, tmp_path: Path) ->
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
     py = str(venv / "bin" / "python")
     (tmp_path / "core.lock").write_text(_locked_blocks(CLOSURE))
+    env = _clean_env()
     pip = [py, "-m", "pip", "install", "--quiet", "--no-deps"]
-    subprocess.run([*pip, "--require-hashes", "-r", str(tmp_path / "core.lock")], check=True)
-    subprocess.run([*pip, str(wheel)], check=True)
-    check = subprocess.run([py, "-m", "pip", "check"], capture_output=True, text=True)
+    subprocess.run([*pip, "--require-hashes", "-r", str(tmp_path / "core.lock")], check=True,
+                   env=env, cwd=tmp_path)
+    subprocess.run([*pip, str(wheel)], check=True, env=env, cwd=tmp_path)
+    check = subprocess.run([py, "-m", "pip", "check"], capture_output=True, text=True, env=env,
+                           cwd=tmp_path)
     assert check.returncode == 0, check.stdout + check.stderr
     proc = subprocess.run([py, "-c", ROUND], capture_output=True, text=True, cwd=tmp_path,
-                          timeout=300)
+                          env=env, timeout=300)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert proc.stdout.strip().endswith("core round ok")

@@ -35,7 +35,10 @@ def _pins(path: Path) -> dict[str, str]:
 
 def test_every_installed_package_is_the_locked_version() -> None:
     locked = _pins(ROOT / "requirements.lock") | _pins(ROOT / "assets.lock")
-    installed = {_norm(d.metadata["Name"]): d.version for d in metadata.distributions()}
+    # Only the venv's own site-packages: Ray (Flower's simulation) puts its vendored
+    # thirdparty_files on sys.path once a test has imported it.
+    site = [p for p in sys.path if p.startswith(sys.prefix) and p.endswith("site-packages")]
+    installed = {_norm(d.metadata["Name"]): d.version for d in metadata.distributions(path=site)}
     installed = {k: v for k, v in installed.items() if k not in NOT_LOCKED}
     assert {k: v for k, v in installed.items() if locked.get(k) != v} == {}
     assert sorted(set(locked) - set(installed)) == []
