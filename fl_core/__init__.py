@@ -54,17 +54,21 @@ docs/api.md runs the same federation with Curve keys and active mode.
 (1, [0.2, 0.2, 0.2, 0.2])
 
 Plug in DP and an accountant: solve sigma for a target epsilon, give each party a clipped,
-noised share, and account the rounds (every draw comes from the CSPRNG :class:`NoiseSource`):
+noised share, and account the rounds (every draw comes from the CSPRNG :class:`NoiseSource`).
+Record level: each party Poisson-samples its own records at rate 0.1, so the amplification is
+earned; ``bound="zcdp"`` is the proven bound for a sum of discrete Gaussian shares:
 
 >>> sigma = fl_core.calibrate_noise_multiplier(target_epsilon=4.0, delta=1e-5,
-...                                            sample_rate=0.1, steps=20)
->>> cfg = fl_core.DpConfig(unit="client", placement="distributed", clip=1.0,
+...                                            sample_rate=0.1, steps=20, bound="zcdp")
+>>> cfg = fl_core.DpConfig(unit="record", placement="distributed", clip=1.0,
 ...                        noise_multiplier=sigma, delta=1e-5, sample_rate=0.1, threshold=3)
 >>> x, norm = fl_core.clip_l2(np.full(16, 0.5), cfg.clip)   # norm 2.0 -> scaled to 1.0
 >>> share = fl_core.add_distributed_noise(x, cfg, fl_core.NoiseSource())
 >>> round(norm, 3), share.shape, bool(np.all(share * 2**14 == np.round(share * 2**14)))
 (2.0, (16,), True)
->>> acc = fl_core.PrivacyAccountant(noise_multiplier=sigma, sample_rate=0.1, delta=1e-5)
+>>> from secagg.fl_core.dp import effective_noise_multiplier         # the KLS21 sum's zCDP
+>>> acc = fl_core.PrivacyAccountant(noise_multiplier=effective_noise_multiplier(cfg, 16),
+...                                 sample_rate=0.1, delta=1e-5, bound="zcdp")
 >>> acc.step(20)
 >>> round(acc.epsilon(), 2)
 4.0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import stat
@@ -37,6 +38,13 @@ def test_card_binds_identity_to_curve_key_and_id() -> None:
     k = ClientKeys.generate(7)
     card = k.card
     assert card.identity == k.identity.verify_key and card.curve_public == k.curve.public
+    # the signature covers each of the three: change any one and the card is refused
+    other = ClientKeys.generate(8)
+    for edit in ({"client_id": 8}, {"curve_public": other.curve.public},
+                 {"identity": other.identity.verify_key}):
+        with pytest.raises(KeyBindingError):
+            dataclasses.replace(card, **edit)
+    assert dataclasses.replace(card, client_id=7) == card  # unchanged: still accepted
     assert k.identity.private_bytes().hex() not in repr(k)
     assert k.curve.secret.decode() not in repr(k)
 

@@ -209,17 +209,40 @@ def test_mask_correction_must_match_the_protocol() -> None:
 
 
 def test_sum_that_contradicts_the_unmask_request_is_refused() -> None:
-    d = CkksDriver(config("ckks+mask"), dim=8)
+    cfg = config("ckks+mask")
+    d = CkksDriver(cfg, dim=8)
     d.start()
-    for _ in range(3):  # advertise, share, masked input (client 3 never uploads)
-        d.close()
-        d.deliver(skip={3} if d.server.stage is ServerStage.MASKED_INPUT else ())
-    d.close()  # unmask -> the sums
+    d.close()
+    d.deliver()  # rosters -> shares
+    d.close()  # the relays
+    assert d.server.stage is ServerStage.MASKED_INPUT
+    uploads: dict[int, CkksInput] = {}
+    for cid, relay in d.inbox.items():  # every client uploads; the server hides 3's upload
+        (up,) = d.clients[cid].receive(roundtrip(relay))
+        assert isinstance(up, CkksInput)
+        uploads[cid] = up
+        if cid != 3:
+            d.server.receive(cid, roundtrip(up))
+    d.close()
+    d.deliver()  # unmask requests name 3 dropped; its mask key shares are revealed
+    d.close()  # the sums
     msg = d.inbox[0]
     assert isinstance(msg, EncryptedSum) and msg.included == (0, 1, 2)
-    # claim that 3 (told to be dropped) is in the sum, with a sum that really holds 4 inputs
-    fake = dataclasses.replace(msg, included=(0, 1, 2, 3))
-    refuses(d, fake)
+    # the server adds 3's withheld upload after all: a sum that really holds 4 inputs, so it
+    # decrypts as one (only the client's check against the unmask request stands in the way)
+    acc = CkksSum(d.keys.public, cfg.ckks_layout, count=d.ctx.vector_length)
+    for cid in range(4):
+        acc.add(uploads[cid].chunks)
+    four = tuple(acc.result())
+    decrypt_ints(d.keys.secret(0), list(four), count=d.ctx.vector_length,
+                 layout=cfg.ckks_layout, n=4)
+    fake = dataclasses.replace(msg, included=(0, 1, 2, 3), chunks=four)
+    with pytest.raises(RemoteProtocolError, match="contradicts the unmask request"):
+        d.clients[0].receive(roundtrip(fake))
+    c = d.clients[0]
+    assert c.stage is ClientStage.ABORTED and c._key is None and c.result is None
+    d.clients[1].receive(roundtrip(d.inbox[1]))  # another client is unharmed
+    assert d.clients[1].result is not None
 
 
 def test_too_few_inputs_in_the_sum_is_a_threshold_error() -> None:

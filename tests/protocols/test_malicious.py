@@ -11,14 +11,18 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from secagg import kex
 from secagg.protocols import (
     ClientStage,
     InputError,
     LocalProtocolError,
     ProtocolError,
     RemoteProtocolError,
+    RoundContext,
     ServerStage,
     ThresholdError,
+    create_client,
+    create_server,
     run_round,
     wire,
 )
@@ -49,9 +53,10 @@ def at_unmask(**kw: Any) -> Driver:
     return d
 
 
-def refuses(d: Driver, cid: int, msg: Any, err: type[Exception] = RemoteProtocolError) -> None:
+def refuses(d: Driver, cid: int, msg: Any, err: type[Exception] = RemoteProtocolError,
+            match: str | None = None) -> None:
     client = d.clients[cid]
-    with pytest.raises(err):
+    with pytest.raises(err, match=match):
         client.receive(roundtrip(msg))
     assert client.stage is ClientStage.ABORTED
     assert not client._s.held and client._s.own == (b"", b"") and client._s.seed == bytearray()
@@ -226,6 +231,30 @@ def test_roster_tampering() -> None:
     r = _roster(d)
     refuses(d, 0, Roster(r.round_id, tuple(e for e in r.entries if e.client_id < 2)),
             ThresholdError)
+    # Each check on its own: the cases above trip several at once. A peer's keys replaced by
+    # fresh ones (the server's own), or swapped, keep every key distinct and mine intact:
+    # only the peer's signature refuses them (active mode).
+    fresh = kex.KeyPair.generate().public_bytes()
+    for edit in (lambda e: {"c_public": fresh}, lambda e: {"s_public": fresh},
+                 lambda e: {"c_public": e.s_public, "s_public": e.c_public}):
+        d = Driver(cfg)
+        r = _roster(d)
+        e1 = r.entries[1]
+        evil = Roster(r.round_id, (r.entries[0], dataclasses.replace(e1, **edit(e1)),
+                                   *r.entries[2:]))
+        refuses(d, 0, evil, match="bad key signature")
+        assert d.clients[0].error.party == 1  # type: ignore[union-attr]
+    # passive mode has no signatures: my own keys replaced, or a peer's key duplicated
+    passive = make_config("secagg", n=4, threshold=3)
+    d = Driver(passive)
+    r = _roster(d)
+    mine = dataclasses.replace(r.entries[0], c_public=fresh)
+    refuses(d, 0, Roster(r.round_id, (mine, *r.entries[1:])), match="altered my public keys")
+    d = Driver(passive)
+    r = _roster(d)
+    dup = dataclasses.replace(r.entries[2], s_public=r.entries[1].s_public)
+    refuses(d, 0, Roster(r.round_id, (*r.entries[:2], dup, *r.entries[3:])),
+            match="not all distinct")
 
 
 # -- replays ----------------------------------------------------------------------------
@@ -245,7 +274,23 @@ def test_replayed_roster_from_an_earlier_round() -> None:
     old_roster = _roster(old)
     new.start()
     new.inbox = new.close()
-    refuses(new, 0, old_roster)
+    refuses(new, 0, old_roster, match="round 1, this is round 2")
+    # active mode, same identities in both rounds: the server splices the peers' signed
+    # round-1 adverts into a round-2 roster that carries the victim's own round-2 keys; the
+    # signatures bind the round, so the replayed entries are refused
+    acfg = make_config("secagg", n=3, active=True)
+    old = Driver(acfg, round_id=1)
+    old_roster = _roster(old)
+    new = Driver(acfg, round_id=2)
+    new.identities = old.identities
+    new.ctx = RoundContext(config=acfg, round_id=2, dim=3, client_ids=range(3), verify_keys={
+        i: k.verify_key for i, k in old.identities.items()})
+    new.server = create_server(new.ctx)
+    new.clients = {i: create_client(new.ctx, i, identity=k) for i, k in old.identities.items()}
+    current = _roster(new)
+    spliced = Roster(2, (current.entries[0], *old_roster.entries[1:]))
+    assert spliced.entries[1:] != current.entries[1:]
+    refuses(new, 0, spliced, match="bad key signature")
 
 
 def test_replayed_share_ciphertexts_do_not_open() -> None:

@@ -268,6 +268,17 @@ def test_uploads_look_uniform(protocol: str) -> None:
     again = Tap(cfg, {i: np.zeros(dim) for i in range(n)})
     again.run()
     assert not np.array_equal(first, again.uploads[0])  # fresh masks every round
+    # and fresh secrets: the pairwise keys alone would make the uploads differ, but a self-mask
+    # seed reused across rounds would let a server that opens it once (u survives) and then
+    # opens s_u (u "dropped") unmask u in the later round
+    from tests.protocols.helpers import Driver
+    seeds, keys = [], []
+    for _ in range(2):
+        d = Driver(cfg)
+        d.start()
+        seeds.append(bytes(d.clients[0]._s.seed))
+        keys.append(d.sent[0][0].s_public)  # type: ignore[attr-defined]
+    assert seeds[0] != seeds[1] and keys[0] != keys[1] and any(seeds[0])
 
 
 def test_large_cohort_sparse_graph_with_dropouts() -> None:
