@@ -98,6 +98,7 @@ from secagg.models.errors import (
 from secagg.models.loading import MODEL_ALIASES, LoadedModel, TaskKind, load_model, resolve_source
 from secagg.models.paramspec import ParamSpec, TensorSpec
 from secagg.models.partition import dirichlet_partition, iid_partition, label_histograms, label_skew
+from secagg.models.pooling import Pooling, default_pooling
 from secagg.models.train import (
     EvalResult,
     TrainConfig,
@@ -134,6 +135,7 @@ __all__ = [
     "ParamSpecError",
     "PartitionError",
     "PeftCodec",
+    "Pooling",
     "ShapeMismatchError",
     "SpecMismatchError",
     "TaskKind",
@@ -149,6 +151,7 @@ __all__ = [
     "chatterbot",
     "client_updates",
     "clipped_grad_sum",
+    "default_pooling",
     "dirichlet_partition",
     "drug_reviews",
     "evaluate",

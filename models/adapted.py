@@ -24,6 +24,7 @@ import torch
 from secagg.models.adapters import AdapterCodec, AdapterConfig, get_codec
 from secagg.models.loading import TaskKind, load_model
 from secagg.models.paramspec import ParamSpec
+from secagg.models.pooling import Pooling
 
 __all__ = ["AdaptedModel", "build_model", "weights_sha256"]
 
@@ -49,6 +50,7 @@ class AdaptedModel:
     config: AdapterConfig
     spec: ParamSpec
     num_labels: int | None
+    pooling: Pooling | None = None  # what the classification head reads (None: causal LM)
 
     @property
     def num_trainable(self) -> int:
@@ -112,8 +114,13 @@ def build_model(
     num_labels: int | None = None,
     fingerprint_base: bool = True,
     dtype: torch.dtype = torch.float32,
+    pooling: Pooling | None = None,
 ) -> AdaptedModel:
     """Load ``source`` for ``task`` and apply ``adapter``; all random init under ``init_seed``.
+
+    ``pooling`` (classification only; None: the model's own, see
+    :func:`secagg.models.pooling.default_pooling`) enters the spec's metadata, so parties
+    whose heads read different features disagree on the digest.
 
     Raises:
         TypeError: ``init_seed`` is not an int, or ``task``/``adapter`` have wrong types.
@@ -128,7 +135,7 @@ def build_model(
     # fork_rng: seed the fresh head and the adapter init without disturbing the caller's RNG.
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(init_seed)
-        loaded = load_model(source, task=task, num_labels=num_labels, dtype=dtype)
+        loaded = load_model(source, task=task, num_labels=num_labels, dtype=dtype, pooling=pooling)
         base_digest = weights_sha256(loaded.model) if fingerprint_base else "not-computed"
         with warnings.catch_warnings():
             # peft calls a transformers method that transformers 5 marks deprecated.
@@ -142,6 +149,8 @@ def build_model(
         "base_sha256": base_digest,
         **adapter.to_meta(loaded.model_type),
     }
+    if loaded.pooling is not None:
+        meta["pooling"] = loaded.pooling.value
     spec = ParamSpec.from_state_dict(codec.state_dict(model), meta=meta)
     return AdaptedModel(
         model=model,
@@ -151,4 +160,5 @@ def build_model(
         config=adapter,
         spec=spec,
         num_labels=num_labels,
+        pooling=loaded.pooling,
     )

@@ -25,6 +25,7 @@ from transformers import (
 
 from secagg.models.assets import gguf_to_folder, minilm_folder, smollm2_gguf
 from secagg.models.errors import AssetNotFoundError, UnsupportedModelError
+from secagg.models.pooling import MEAN_POOLED_CLASSES, Pooling, default_pooling
 
 # transformers 5.25 loads hub kernels by default (use_kernels=True) and fails offline without
 # the `kernels` package; nothing here may reach a hub, and 5.23 already defaults to False.
@@ -72,6 +73,7 @@ class LoadedModel:
     model_type: str
     source: str
     num_labels: int | None
+    pooling: Pooling | None = None  # what the classification head reads; None for a causal LM
 
 
 def resolve_source(source: str | Path) -> Path:
@@ -107,20 +109,29 @@ def load_model(
     task: TaskKind,
     num_labels: int | None = None,
     dtype: torch.dtype = torch.float32,
+    pooling: Pooling | None = None,
 ) -> LoadedModel:
     """Load ``source`` for ``task`` with a matching tokenizer (pad token always set).
 
     Classification needs ``num_labels`` >= 2 (the head is freshly initialised: seed the
     torch RNG first if parties must agree on it); causal LM takes no ``num_labels``.
+    ``pooling`` picks what the classification head reads; None: what the model was trained
+    with (:func:`secagg.models.pooling.default_pooling`: mean for MiniLM) where this
+    architecture has a mean-pooled classifier, else the pooler.
 
     Raises:
-        TypeError: ``task`` is not a TaskKind.
+        TypeError: ``task`` is not a TaskKind, or ``pooling`` not a Pooling.
         UnsupportedModelError: a wrong ``num_labels``, an encoder-only model asked to be a
-            causal LM, or a model or tokenizer transformers cannot load.
+            causal LM, a pooling for a causal LM or mean pooling for an architecture without a
+            mean-pooled classifier, or a model or tokenizer transformers cannot load.
         AssetNotFoundError: the source does not exist.
     """
     if not isinstance(task, TaskKind):
         raise TypeError("task must be a TaskKind")
+    if pooling is not None and not isinstance(pooling, Pooling):
+        raise TypeError("pooling must be a Pooling or None")
+    if task is TaskKind.CAUSAL_LM and pooling is not None:
+        raise UnsupportedModelError("a causal LM takes no pooling")
     if task is TaskKind.CLASSIFICATION and (
         not isinstance(num_labels, int) or isinstance(num_labels, bool) or num_labels < 2
     ):
@@ -141,9 +152,25 @@ def load_model(
             raise UnsupportedModelError(f"tokenizer of {folder} has neither pad nor eos token")
         tokenizer.pad_token = tokenizer.eos_token
     tokenizer.padding_side = "right"
+    if task is TaskKind.CLASSIFICATION and pooling is None:
+        # The model's own pooling where we have a classifier for it; else what loaded before.
+        pooling = default_pooling(folder)
+        if model_type not in MEAN_POOLED_CLASSES:
+            pooling = Pooling.POOLER
+    if task is TaskKind.CLASSIFICATION:
+        if pooling is Pooling.MEAN and model_type not in MEAN_POOLED_CLASSES:
+            raise UnsupportedModelError(
+                f"no mean-pooled classifier for {model_type!r} "
+                f"(known: {sorted(MEAN_POOLED_CLASSES)}): use Pooling.POOLER"
+            )
     try:
         if task is TaskKind.CLASSIFICATION:
-            model = AutoModelForSequenceClassification.from_pretrained(
+            model_class: Any = (
+                MEAN_POOLED_CLASSES[model_type]
+                if pooling is Pooling.MEAN
+                else AutoModelForSequenceClassification
+            )
+            model = model_class.from_pretrained(
                 folder, num_labels=num_labels, dtype=dtype, local_files_only=True, **_NO_HUB_KERNELS
             )
             # Decoder classifiers pool the last non-pad token and must know the pad id.
@@ -160,4 +187,5 @@ def load_model(
         model_type=model_type,
         source=str(source),
         num_labels=num_labels,
+        pooling=pooling,
     )

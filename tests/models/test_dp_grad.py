@@ -9,6 +9,7 @@ import torch
 from secagg.models import (
     AdapterConfig,
     ClassificationData,
+    Pooling,
     TaskKind,
     build_model,
     load_packaged,
@@ -16,12 +17,14 @@ from secagg.models import (
 )
 from secagg.models.adapted import AdaptedModel
 from secagg.models.dp_grad import clipped_grad_sum, per_example_loss, poisson_indices, trainables
-from tests.models._build import minilm as build_minilm
 
 
-@pytest.fixture(scope="module")
-def minilm() -> AdaptedModel:
-    m = build_minilm()
+@pytest.fixture(scope="module", params=[Pooling.MEAN, Pooling.POOLER], ids=lambda p: p.value)
+def minilm(request: pytest.FixtureRequest) -> AdaptedModel:
+    """LoRA MiniLM with each head: on mean-pooled features (the default) and on the pooler."""
+    m = build_model("minilm", task=TaskKind.CLASSIFICATION, num_labels=2,
+                    adapter=AdapterConfig.lora(), init_seed=0, pooling=request.param)
+    assert m.pooling is request.param
     # Move LoRA B off zero so every trainable tensor has a non-trivial gradient.
     gen = np.random.default_rng(1)
     vec = m.get_vector()
