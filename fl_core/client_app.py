@@ -47,7 +47,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import numpy as np
 import numpy.typing as npt
@@ -63,6 +63,7 @@ from secagg.fl_core.rounds import (
     synthetic_update,
 )
 from secagg.fl_core.transport import ClientTransport
+from secagg.protocols.client import SecAggClient
 from secagg.protocols.config import SecAggConfig
 from secagg.protocols.context import RoundContext
 from secagg.protocols.encoding import Aggregate
@@ -77,11 +78,29 @@ if TYPE_CHECKING:  # CKKS is an extra (TenSEAL)
     from secagg.ckks import CkksSecretContext
     from secagg.protocols.keysetup import KeySetupClient
 
-__all__ = ["ClientSettings", "UpdateFn", "run_client"]
+__all__ = ["ClientSettings", "RoundAwareUpdate", "UpdateFn", "run_client"]
 
 log = logging.getLogger("secagg.fl_core.client")
 
 UpdateFn = Callable[[int, npt.NDArray[np.float64]], npt.NDArray[np.float64]]
+
+
+@runtime_checkable
+class RoundAwareUpdate(Protocol):
+    """An update that adds exact distributed noise: it needs the round's size and threshold
+    (from the client's own policy) and returns the seeds of its removable noise, which the
+    SecAgg client releases once the survivors are known (:mod:`secagg.fl_core.dp.exact`)."""
+
+    def __call__(self, round_id: int, state: npt.NDArray[np.float64]
+                 ) -> npt.NDArray[np.float64]:
+        """The contribution without a round context (threshold design)."""
+        ...
+
+    def for_round(self, round_id: int, state: npt.NDArray[np.float64], *, n: int, t: int
+                  ) -> tuple[npt.NDArray[np.float64], dict[int, bytes] | None]:
+        """The contribution to a round of ``n`` clients with threshold ``t``, and its
+        removable noise seeds (None: none)."""
+        ...
 
 
 @dataclass
@@ -232,7 +251,15 @@ class _Session:
             elif self.model is None or self.model.shape[0] != start.dim:
                 self.model = np.zeros(start.dim)
             t0 = time.perf_counter()
-            x = self.update(start.round_id, self.model)
+            if isinstance(self.update, RoundAwareUpdate) and isinstance(self.participant,
+                                                                       SecAggClient):
+                x, removable = self.update.for_round(start.round_id, self.model,
+                                                     n=len(ctx.client_ids),
+                                                     t=ctx.config.threshold)
+                if removable:
+                    self.participant.hold_removable(removable)
+            else:
+                x = self.update(start.round_id, self.model)
             t1 = time.perf_counter()
             msgs = [encode(m) for m in self.participant.start(x, weight=None)]
             self.timing = {"update_s": t1 - t0, "protocol_s": time.perf_counter() - t1}

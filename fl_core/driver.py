@@ -116,6 +116,9 @@ class RoundOutcome:
     threshold: int = 0
     """The round's protocol threshold (0: the round did not start): a completed round had at
     least this many survivors."""
+    released_noise: dict[int, dict[int, bytes]] = field(default_factory=dict, repr=False)
+    """SecAgg/SecAgg+: the removable noise seeds the survivors released, ``{client: {level:
+    seed}}`` (the application expands and subtracts them: :mod:`secagg.fl_core.dp.exact`)."""
 
     @property
     def ok(self) -> bool:
@@ -322,6 +325,7 @@ class RoundDriver:
             out.weight_total = float(len(out.included))
             return
         result = server.result
+        out.released_noise = getattr(server, "released_noise", {})
         out.aggregate = result.values
         out.weight_total = result.weight_total
         out.included = result.included
@@ -343,13 +347,43 @@ class RoundDriver:
                                "missing": sorted(missing),
                                "seconds": round(time.monotonic() - t_stage, 4)})
 
+    def _gone(self, ids: set[int], round_id: int) -> set[int]:
+        """Ping ``ids``; return those libzmq has no connection to any more (a killed process:
+        at once; a vanished host: after the ZMTP heartbeat timeout)."""
+        ping, gone = control_message("ping"), set()
+        for cid in sorted(ids):
+            try:
+                self.transport.send(cid, round_id, CONTROL, ping)
+            except PeerUnreachable:
+                gone.add(cid)
+            except TransportError:
+                pass  # a full queue: alive but slow
+        return gone
+
     def _collect(self, server: ServerBase[Any], out: RoundOutcome, stage: ServerStage) -> None:
+        """Receive the stage's messages until every expected client has sent, the deadline
+        passes, or every client still awaited is known dead (pinged every
+        ``probe_interval_s``: a party killed mid-round costs about that, not the deadline)."""
         number = stage_number(stage)
         deadline = time.monotonic() + self.settings.deadline(stage)
-        while server.expected - server.received:
-            left = deadline - time.monotonic()
-            if left <= 0:
+        interval = self.sampler.probe_interval_s
+        next_probe = time.monotonic() + interval
+        dead: set[int] = set()
+        while True:
+            waiting = set(server.expected - server.received) - dead
+            if not waiting:
+                if dead:
+                    log.info("round %d %s: clients %s are gone, closing the stage early",
+                             out.round_id, stage.value, sorted(dead))
                 return
+            now = time.monotonic()
+            if now >= deadline:
+                return
+            if now >= next_probe:
+                dead |= self._gone(waiting, out.round_id)
+                next_probe = now + interval
+                continue
+            left = min(deadline, next_probe) - now
             # No round filter in the transport: hellos of clients outside the cohort carry
             # older round ids and are still welcome as heartbeats (they refresh routes).
             got = self.transport.recv(max(1, int(left * 1000)))

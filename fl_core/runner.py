@@ -108,8 +108,6 @@ def _client_cmd(ns: argparse.Namespace, endpoint: str, cid: int) -> list[str]:
         cmd += ["--min-clients", str(ns.min_clients)]
     if ns.dim is None:
         cmd += ["--stats", str(_stats_path(ns, cid))]
-    if getattr(ns, "min_clients", None):  # part of the client's pinned policy too
-        cmd += ["--min-clients", str(ns.min_clients)]
     return cmd
 
 
@@ -210,6 +208,11 @@ def _prepare_job(ns: argparse.Namespace, run: RunFolder, job: FinetuneJob) -> No
     ns.population = job.num_clients
     ns.n = ns.n if ns.n is not None else job.num_clients
     ns.rounds = job.rounds
+    if getattr(ns, "min_clients", None) is None and ns.protocol in ("secagg", "secagg+") \
+            and ns.n > 2:
+        # survivors carry on after a lost party: with exact distributed noise every round
+        # size is calibrated (secagg.fl_core.dp.exact), and without DP nothing depends on it
+        ns.min_clients = 2
     if not any(name == "advertise" for name, _ in ns.stage_deadline):
         ns.stage_deadline = [*ns.stage_deadline, ("advertise", 300.0)]  # local training
     for cid in range(1, ns.population + 1):

@@ -16,6 +16,7 @@ from secagg.protocols.context import MAX_CLIENT_ID, MAX_ROUND_ID
 
 KEY_BYTES = 32
 SIGNATURE_BYTES = 64
+NOISE_SEED_BYTES = 32  # one released noise component's seed (keys an AES stream)
 SHARE_PLAINTEXT_BYTES = 4 + 4 + 2 * shamir.SHARE_BYTES
 SHARE_CIPHERTEXT_BYTES = SHARE_PLAINTEXT_BYTES + aead.OVERHEAD
 MAX_CHUNKS = 2**24  # ciphertext chunks per vector (2^35 values at 2048 per chunk)

@@ -13,6 +13,16 @@ Steps (``ClientStage`` says what the client waits for next):
 5. Unmask request: check it (below), answer once with seed shares of survivors and key shares
    of the dropped, wipe everything.
 
+Removable noise ("add, then remove"; :meth:`SecAggClient.hold_removable`): the application
+may add noise components ``1..n-t`` to its input, each expanded from a seed it hands the
+client. Component ``j`` is excess once at least ``n - j + 1`` inputs are in the sum, and the
+client releases its OWN seeds of the excess components in its unmask answer, so that the
+survivors' noise is exactly what was asked for whatever the dropouts. It releases only on a
+survivor count it can trust: in passive mode the server's (honest by assumption); in active
+mode the size of the set it signed, and only when that set carries a quorum of valid
+signatures over the whole cohort (:func:`release_quorum`), so that no other survivor set can
+have gathered the ``t`` signatures any share reveal needs (docs/threat-model.md).
+
 The client enforces the invariants itself: survivors and dropped are disjoint, cover exactly
 the neighbours fixed at share time (survivors also include the client), at least ``t``
 survivors, one answer per round, right round and stage; in active mode also that the request
@@ -24,6 +34,7 @@ reveals.
 
 from __future__ import annotations
 
+import math
 import struct
 from typing import Any
 
@@ -41,6 +52,7 @@ from secagg.protocols.encoding import FloatVector, check_input, encode_input
 from secagg.protocols.errors import LocalProtocolError, RemoteProtocolError, ThresholdError
 from secagg.protocols.graph import round_graph
 from secagg.protocols.messages import (
+    NOISE_SEED_BYTES,
     AdvertiseKeys,
     ConsistencyRequest,
     ConsistencySignature,
@@ -53,16 +65,34 @@ from secagg.protocols.messages import (
     UnmaskResponse,
 )
 from secagg.protocols.participant import ClientBase
-from secagg.protocols.transitions import client_table_for
+from secagg.protocols.transitions import ClientStage, client_table_for
 from secagg.sign import SigningKey
 
-__all__ = ["SecAggClient"]
+__all__ = ["SecAggClient", "release_quorum", "removable_levels"]
+
+
+def removable_levels(n: int, t: int) -> tuple[int, ...]:
+    """The removable noise components of a cohort of ``n`` with threshold ``t``: ``1..n-t``."""
+    return tuple(range(1, n - t + 1))
+
+
+def release_quorum(n: int, t: int, corrupt: int) -> int:
+    """Signatures on one survivor set, over the cohort, before a client releases noise.
+
+    With ``q = max(n + c - t + 1, floor((n + c) / 2) + 1)`` signers, at most ``c`` of them
+    corrupt: two different sets cannot both reach ``q`` (they would share an honest signer),
+    and no other set can reach even ``t`` signatures anywhere (``q - c`` honest signers of
+    this set plus ``t - c`` of the other exceed the ``n - c`` honest clients), so every share
+    any honest client reveals is revealed under this one set, and the sum is over exactly it.
+    """
+    return max(n + corrupt - t + 1, (n + corrupt) // 2 + 1)
 
 
 class _Secrets:
     """Everything secret a client holds; :meth:`wipe` drops it (best effort in Python)."""
 
-    __slots__ = ("aeads", "c_key", "held", "input", "mask_seeds", "own", "s_key", "seed")
+    __slots__ = ("aeads", "c_key", "held", "input", "mask_seeds", "own", "removable", "s_key",
+                 "seed")
 
     def __init__(self) -> None:
         self.c_key: kex.KeyPair | None = None
@@ -73,6 +103,7 @@ class _Secrets:
         self.mask_seeds: dict[int, bytes] = {}
         self.own: tuple[bytes, bytes] = (b"", b"")
         self.held: dict[int, tuple[bytes, bytes]] = {}
+        self.removable: dict[int, bytes] = {}
 
     def wipe(self) -> None:
         self.seed[:] = bytes(len(self.seed))
@@ -82,6 +113,7 @@ class _Secrets:
         self.aeads.clear()
         self.mask_seeds.clear()
         self.held.clear()
+        self.removable.clear()
         self.own = (b"", b"")
 
 
@@ -128,6 +160,25 @@ class SecAggClient(ClientBase[RoundContext]):
     def committed(self) -> frozenset[int]:
         """The neighbours whose shares this client holds (fixed at share time)."""
         return self._committed
+
+    def hold_removable(self, seeds: dict[int, bytes]) -> None:
+        """Hold the seeds of this client's removable noise components, ``{level: seed}`` for
+        every level of :func:`removable_levels` (``n`` = the cohort size). Call before
+        :meth:`start`; the application has already added the noise they expand to.
+
+        Raises:
+            LocalProtocolError: called after the round started, levels not exactly
+                ``1..n-t``, or a seed that is not 32 bytes.
+        """
+        if self.stage is not ClientStage.NEW:
+            raise LocalProtocolError("hold_removable must come before start")
+        ctx = self._ctx
+        want = removable_levels(len(ctx.client_ids), ctx.config.threshold)
+        if not isinstance(seeds, dict) or tuple(sorted(seeds)) != want:
+            raise LocalProtocolError(f"removable noise needs seeds for levels {list(want)}")
+        if not all(isinstance(v, bytes) and len(v) == NOISE_SEED_BYTES for v in seeds.values()):
+            raise LocalProtocolError(f"noise seeds must be {NOISE_SEED_BYTES} bytes")
+        self._s.removable = dict(seeds)
 
     def _wipe(self) -> None:
         self._s.wipe()
@@ -335,9 +386,49 @@ class SecAggClient(ClientBase[RoundContext]):
                     f"signed survivor set has only {have} consistency signatures from the "
                     f"neighbourhood of client {u}, need {t} (split views?)")
 
+    def _released(self, msg: UnmaskRequest) -> tuple[tuple[int, bytes], ...]:
+        """The removable noise seeds the survivor count makes excess, once it is trusted.
+
+        Raises:
+            RemoteProtocolError: the count contradicts the request or the signed set.
+        """
+        if not self._s.removable:
+            return ()
+        ctx, count = self._ctx, msg.survivor_count
+        n, t = len(ctx.client_ids), ctx.config.threshold
+        if not max(t, len(msg.survivors)) <= count <= n:
+            raise RemoteProtocolError(f"survivor count {count} is impossible here")
+        if ctx.config.k == n - 1 and count != len(msg.survivors):
+            raise RemoteProtocolError("survivor count differs from the survivors I hold")
+        if self._signed is not None:
+            if count != len(self._signed):
+                raise RemoteProtocolError("survivor count differs from the set I signed")
+            corrupt = math.ceil(ctx.config.corruption_rate * n)
+            if self._quorum_signers(msg) < release_quorum(n, t, corrupt):
+                return ()  # keep the excess noise: more noise is always safe
+        return tuple((j, self._s.removable[j]) for j in sorted(self._s.removable)
+                     if j > n - count)
+
+    def _quorum_signers(self, msg: UnmaskRequest) -> int:
+        """Valid signatures on the signed set, from anyone in it (checked signatures again:
+        cheap next to the masks, and it keeps the two rules apart)."""
+        ctx, signed = self._ctx, set(self._signed or ())
+        payload = labels.consistency_payload(ctx, self._signed or ())
+        valid = 0
+        for v, sig in msg.signatures:
+            if v not in signed:
+                continue  # _check_signatures already refused these
+            try:
+                ctx.verify_key(v).verify(sig, payload)
+            except InvalidSignature:
+                continue
+            valid += 1
+        return valid
+
     def _on_unmask(self, msg: UnmaskRequest) -> list[Message]:
         self._check_unmask(msg)
+        released = self._released(msg)
         me, s = self._id, self._s
         seed_shares = tuple((u, s.own[0] if u == me else s.held[u][0]) for u in msg.survivors)
         key_shares = tuple((u, s.held[u][1]) for u in msg.dropped)
-        return [UnmaskResponse(self._ctx.round_id, me, seed_shares, key_shares)]
+        return [UnmaskResponse(self._ctx.round_id, me, seed_shares, key_shares, released)]

@@ -135,6 +135,8 @@ class RoundResult:
     """CKKS: the epoch's keys (pass them to the next round)."""
     key_setup: KeySetupResult | None = field(default=None, repr=False)
     """CKKS: the key setup run for this round, if ``keys`` was not given."""
+    released_noise: dict[int, dict[int, bytes]] = field(default_factory=dict, repr=False)
+    """SecAgg/SecAgg+: the removable noise seeds the survivors released."""
 
     @property
     def aggregate(self) -> npt.NDArray[np.float64]:
@@ -201,9 +203,12 @@ class RoundSimulation(Simulation):
         weights: Mapping[int, float] | None = None,
         round_id: int = 1,
         keys: CkksKeyring | None = None,
+        removable: Mapping[int, dict[int, bytes]] | None = None,
     ) -> None:
         """Build the context and participants; validate inputs before any crypto (CKKS
-        without ``keys``: a key setup of the round's clients runs first).
+        without ``keys``: a key setup of the round's clients runs first). ``removable``:
+        SecAgg/SecAgg+, each client's removable noise seeds
+        (:meth:`secagg.protocols.client.SecAggClient.hold_removable`).
 
         Raises:
             TypeError: an input is not a float numpy array.
@@ -246,6 +251,11 @@ class RoundSimulation(Simulation):
         self.clients = {i: create_client(self.ctx, i, identity=identities.get(i),
                                          key=self.keys.secret(i) if self.keys else None)
                         for i in ids}
+        for i, seeds in (removable or {}).items():
+            client = self.clients.get(i)
+            if not isinstance(client, SecAggClient):
+                raise LocalProtocolError(f"removable noise needs a SecAgg client, not {i!r}")
+            client.hold_removable(seeds)
 
     def _keys(self, config: SecAggConfig, ids: list[int], keys: CkksKeyring | None,
               ) -> CkksKeyring | None:
@@ -309,7 +319,8 @@ class RoundSimulation(Simulation):
             client_mask_words=sum(c.mask_words for c in self.clients.values()),
             server_mask_words=self.server.mask_words, client_errors=dict(self.client_errors),
             server_rejections=tuple(self.server.rejected), keys=self.keys,
-            key_setup=self.key_setup)
+            key_setup=self.key_setup,
+            released_noise=getattr(self.server, "released_noise", {}))
 
 
 def run_round(
@@ -320,8 +331,12 @@ def run_round(
     *,
     round_id: int = 1,
     keys: CkksKeyring | None = None,
+    removable: Mapping[int, dict[int, bytes]] | None = None,
 ) -> RoundResult:
     """Run one round in process and return its aggregate, timings and traffic.
+
+    ``removable``: each client's removable noise seeds (SecAgg/SecAgg+); the seeds the
+    survivors released are in ``result.released_noise``.
 
     ``keys``: CKKS only, the epoch's keyring (``result.keys`` of an earlier round, or
     :func:`secagg.protocols.ckks_harness.setup_keys`); left out, a key setup runs first.
@@ -333,4 +348,4 @@ def run_round(
         ProtocolError: the round aborted for another protocol reason.
     """
     return RoundSimulation(config, inputs, drop=drop, weights=weights, round_id=round_id,
-                           keys=keys).run()
+                           keys=keys, removable=removable).run()

@@ -25,6 +25,7 @@ from secagg.protocols._fields import (
     MAX_CHUNKS,
     MAX_CONTEXT_BYTES,
     MAX_SECRET_BYTES,
+    NOISE_SEED_BYTES,
     SHARE_CIPHERTEXT_BYTES,
     SHARE_PLAINTEXT_BYTES,
     SIGNATURE_BYTES,
@@ -49,12 +50,35 @@ from secagg.protocols.ckks_messages import (
 from secagg.protocols.context import MAX_CLIENT_ID
 
 __all__ = [
-    "KEY_BYTES", "MAX_CHUNKS", "MAX_CHUNK_BYTES", "MAX_CONTEXT_BYTES", "MAX_SECRET_BYTES",
-    "SHARE_CIPHERTEXT_BYTES", "SHARE_PLAINTEXT_BYTES", "SIGNATURE_BYTES", "AdvertiseKeys",
-    "CkksInput", "ConsistencyRequest", "ConsistencySignature", "EncryptedSum", "KeyAdvert",
-    "KeyConfirm", "KeyDelivery", "KeyDistribution", "KeyRoster", "KeyRosterEntry",
-    "MaskedInput", "Message", "MsgType", "Roster", "RosterEntry", "ShareKeys", "SharesRelay",
-    "UnmaskRequest", "UnmaskResponse",
+    "KEY_BYTES",
+    "MAX_CHUNKS",
+    "MAX_CHUNK_BYTES",
+    "MAX_CONTEXT_BYTES",
+    "MAX_SECRET_BYTES",
+    "NOISE_SEED_BYTES",
+    "SHARE_CIPHERTEXT_BYTES",
+    "SHARE_PLAINTEXT_BYTES",
+    "SIGNATURE_BYTES",
+    "AdvertiseKeys",
+    "CkksInput",
+    "ConsistencyRequest",
+    "ConsistencySignature",
+    "EncryptedSum",
+    "KeyAdvert",
+    "KeyConfirm",
+    "KeyDelivery",
+    "KeyDistribution",
+    "KeyRoster",
+    "KeyRosterEntry",
+    "MaskedInput",
+    "Message",
+    "MsgType",
+    "Roster",
+    "RosterEntry",
+    "ShareKeys",
+    "SharesRelay",
+    "UnmaskRequest",
+    "UnmaskResponse",
 ]
 
 
@@ -181,7 +205,11 @@ class ConsistencySignature:
 class UnmaskRequest:
     """Server -> client: whose seed shares (survivors) and key shares (dropped) to reveal.
 
-    In active mode ``signatures`` carries every consistency signature the server collected.
+    In active mode ``signatures`` carries the consistency signatures of the closed
+    neighbourhoods the recipient holds shares of (every signature the server collected when
+    the config has ``noise_release``). ``survivor_count`` is ``|U3|``, the number of inputs in
+    the sum over the whole cohort: a client holding removable noise releases the components
+    that this count makes excess (:meth:`secagg.protocols.client.SecAggClient.hold_removable`).
     """
 
     TYPE: ClassVar[MsgType] = MsgType.UNMASK_REQUEST
@@ -189,28 +217,36 @@ class UnmaskRequest:
     survivors: tuple[int, ...]
     dropped: tuple[int, ...]
     signatures: tuple[tuple[int, bytes], ...] = ()
+    survivor_count: int = 0
 
     def __post_init__(self) -> None:
         _round_sender(self)
         _ids("survivors", self.survivors)
         _ids("dropped", self.dropped)
         _pairs("signatures", self.signatures, SIGNATURE_BYTES)
+        _int("survivor_count", self.survivor_count, MAX_CLIENT_ID + 1, lo=0)
 
 
 @dataclass(frozen=True, slots=True)
 class UnmaskResponse:
-    """Client -> server: ``(owner, share)`` seed shares and mask-key shares, 33 bytes each."""
+    """Client -> server: ``(owner, share)`` seed shares and mask-key shares, 33 bytes each,
+    and ``noise_seeds``: the sender's OWN released noise components, ``(level, 32-byte seed)``
+    with levels ascending from 1 (empty unless it holds removable noise)."""
 
     TYPE: ClassVar[MsgType] = MsgType.UNMASK_RESPONSE
     round_id: int
     sender: int
     seed_shares: tuple[tuple[int, bytes], ...]
     key_shares: tuple[tuple[int, bytes], ...]
+    noise_seeds: tuple[tuple[int, bytes], ...] = ()
 
     def __post_init__(self) -> None:
         _round_sender(self)
         _pairs("seed_shares", self.seed_shares, shamir.SHARE_BYTES)
         _pairs("key_shares", self.key_shares, shamir.SHARE_BYTES)
+        _pairs("noise_seeds", self.noise_seeds, NOISE_SEED_BYTES)
+        if self.noise_seeds and self.noise_seeds[0][0] < 1:
+            raise ValueError("noise_seeds levels start at 1")
 
 
 Message = (

@@ -5,6 +5,13 @@ inputs are the aggregate), ``U4`` signed the survivor set (active mode), ``U5`` 
 unmask request. The server stops with :class:`ThresholdError` as soon as some secret it will
 need has fewer than ``t`` possible holders left, before asking anyone to reveal anything.
 Masked inputs are added into one running ring sum on receipt, so memory stays at one vector.
+
+Removable noise: every unmask request carries ``|U3|``; a client that added removable noise
+components answers with the seeds of those this count makes excess (checked here: exactly the
+levels ``j > n - |U3|``, or none), collected in :attr:`SecAggServer.released_noise` for the
+application to expand and subtract. In active mode the requests carry every consistency
+signature while the cohort has at most ``RELAY_ALL_SIGNATURES_UP_TO`` clients (so a client of
+a sparse SecAgg+ graph can count the release quorum); above it, only the neighbourhoods'.
 """
 
 from __future__ import annotations
@@ -15,6 +22,7 @@ import numpy.typing as npt
 from secagg.errors import InvalidSignature
 from secagg.packing import unpack_add_into
 from secagg.protocols import labels
+from secagg.protocols.client import removable_levels
 from secagg.protocols.context import RoundContext
 from secagg.protocols.encoding import decode_aggregate
 from secagg.protocols.errors import LocalProtocolError, RemoteProtocolError, ThresholdError
@@ -37,7 +45,10 @@ from secagg.protocols.transitions import ServerStage, server_table_for
 from secagg.protocols.unmasking import SecretRecovery, remove_masks
 from secagg.shamir import Share
 
-__all__ = ["SecAggServer"]
+__all__ = ["RELAY_ALL_SIGNATURES_UP_TO", "SecAggServer"]
+
+RELAY_ALL_SIGNATURES_UP_TO = 1024
+"""Largest cohort whose unmask requests carry every consistency signature (64 kB each)."""
 
 
 class SecAggServer(ServerBase[RoundContext]):
@@ -66,6 +77,13 @@ class SecAggServer(ServerBase[RoundContext]):
         self._requests: dict[int, UnmaskRequest] = {}
         self._seed_ys: dict[int, dict[int, int]] = {}
         self._key_ys: dict[int, dict[int, int]] = {}
+        self._released: dict[int, dict[int, bytes]] = {}
+
+    @property
+    def released_noise(self) -> dict[int, dict[int, bytes]]:
+        """``{client: {level: seed}}``: the removable noise components each survivor released
+        (empty for clients without removable noise, or that did not answer)."""
+        return {u: dict(v) for u, v in self._released.items()}
 
     @property
     def graph(self) -> NeighbourGraph:
@@ -132,10 +150,17 @@ class SecAggServer(ServerBase[RoundContext]):
             keys = [(u, Share.from_bytes(sender + 1, b).y) for u, b in msg.key_shares]
         except ValueError:
             raise RemoteProtocolError("malformed share") from None
+        if msg.noise_seeds:
+            n, t = len(self._ctx.client_ids), self._ctx.config.threshold
+            want = tuple(j for j in removable_levels(n, t) if j > n - len(self._u3))
+            if tuple(j for j, _ in msg.noise_seeds) != want:
+                raise RemoteProtocolError(f"released noise levels must be {list(want)}")
         for u, y in seeds:
             self._seed_ys.setdefault(u, {})[sender] = y
         for u, y in keys:
             self._key_ys.setdefault(u, {})[sender] = y
+        if msg.noise_seeds:
+            self._released[sender] = dict(msg.noise_seeds)
 
     # -- closing stages --------------------------------------------------------------------
 
@@ -212,14 +237,17 @@ class SecAggServer(ServerBase[RoundContext]):
                 if len((self._nbrs(u) | {u}) & signers) < t:
                     raise ThresholdError("too few neighbours signed the survivor set", party=u)
         rid = self._ctx.round_id
+        everyone = len(self._ctx.client_ids) <= RELAY_ALL_SIGNATURES_UP_TO
         for v in sorted(recipients):
             held = self._nbrs(v) & self._u2
             sigs: tuple[tuple[int, bytes], ...] = ()
             if active:
                 near = set().union(*(self._nbrs(u) | {u} for u in held | {v}))
-                sigs = tuple(sorted((w, g) for w, g in self._sigs.items() if w in near))
+                sigs = tuple(sorted((w, g) for w, g in self._sigs.items()
+                                    if everyone or w in near))
             self._requests[v] = UnmaskRequest(
-                rid, tuple(sorted((held & u3) | {v})), tuple(sorted(held - u3)), sigs)
+                rid, tuple(sorted((held & u3) | {v})), tuple(sorted(held - u3)), sigs,
+                survivor_count=len(u3))
         return dict(self._requests)
 
     def _finish(self, u5: frozenset[int]) -> dict[int, Message]:

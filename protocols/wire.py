@@ -44,7 +44,7 @@ from secagg.protocols.messages import (
 __all__ = ["MAGIC", "WIRE_VERSION", "decode", "encode"]
 
 MAGIC = b"SA"
-WIRE_VERSION = 1
+WIRE_VERSION = 2
 _HEADER = struct.Struct(">2sBB")
 _KEY = 32
 
@@ -228,21 +228,23 @@ def _enc_unmask_req(w: _Writer, m: UnmaskRequest) -> None:
     w.ids(m.survivors)
     w.ids(m.dropped)
     w.pairs(m.signatures)
+    w.pack("I", m.survivor_count)
 
 
 def _dec_unmask_req(r: _Reader) -> UnmaskRequest:
-    return UnmaskRequest(r.u("Q"), r.ids(), r.ids(), r.pairs())
+    return UnmaskRequest(r.u("Q"), r.ids(), r.ids(), r.pairs(), r.u("I"))
 
 
 def _enc_unmask_resp(w: _Writer, m: UnmaskResponse) -> None:
     w.pack("QI", m.round_id, m.sender)
     w.pairs(m.seed_shares)
     w.pairs(m.key_shares)
+    w.pairs(m.noise_seeds)
 
 
 def _dec_unmask_resp(r: _Reader) -> UnmaskResponse:
     rid, sender = r.unpack("QI")
-    return UnmaskResponse(rid, sender, r.pairs(), r.pairs())
+    return UnmaskResponse(rid, sender, r.pairs(), r.pairs(), r.pairs())
 
 
 def _enc_key_advert(w: _Writer, m: KeyAdvert) -> None:

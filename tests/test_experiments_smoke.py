@@ -11,7 +11,15 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks.experiments import adapters, centralized_vs_federated, client_level, dp_epsilon
+from benchmarks.experiments import (
+    adapters,
+    centralized_vs_federated,
+    client_level,
+    dp_epsilon,
+    generative,
+)
+from secagg.models.assets import package_dir, smollm2_gguf
+from secagg.models.errors import AssetNotFoundError
 
 pytestmark = pytest.mark.slow
 
@@ -52,3 +60,25 @@ def test_experiment_scripts_run_tiny(tmp_path: Path, monkeypatch: pytest.MonkeyP
     prefix = _doc(tmp_path, "exp4_prefix")
     assert prefix["job"]["adapter"] == "prefix"  # type: ignore[index]
     assert float(prefix["secagg_fraction_of_round"]) < 1.0  # type: ignore[arg-type]
+
+
+def test_generative_runs_tiny(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """SmolLM2 + LoRA on ChatterBot, one round of the distributed-DP row (about 20 s)."""
+    try:
+        smollm2_gguf()
+        package_dir("chatterbot_corpus")
+    except AssetNotFoundError as exc:
+        pytest.skip(str(exc))
+    monkeypatch.setenv("SECAGG_EXPERIMENTS_OUT", str(tmp_path))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    generative.main(["--tiny", "--seeds", "0", "--only", "distributed"])
+    doc = _doc(tmp_path, "generative")
+    (run,) = doc["runs"]  # type: ignore[misc]
+    assert run["row"] == "distributed_eps8" and run["noise"] == "distributed"
+    assert float(run["epsilon"]) <= 8.0 + 1e-6 and float(run["sigma"]) > 0
+    assert float(run["perplexity_before"]) > 1.0 and float(run["perplexity_after"]) > 1.0
+    # the script's own teacher-forced pass agrees with the server's evaluation
+    assert run["check_perplexity_after"] == pytest.approx(run["perplexity_after"], rel=1e-3)
+    assert 0.0 <= float(run["token_accuracy_after"]) <= 1.0
+    assert run["generations"] and {"before", "after"} <= set(run["generations"][0])
+    assert doc["code"]["commit"]  # type: ignore[index]

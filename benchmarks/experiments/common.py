@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from benchmarks.experiments.sim import results_dir
 from secagg.fl_core.finetune.job import FinetuneJob
@@ -102,3 +105,13 @@ def load_result(name: str) -> dict[str, Any] | None:
         return None
     out: dict[str, Any] = json.loads(path.read_text())
     return out
+
+
+def mean_se(values: list[float]) -> dict[str, Any]:
+    """``{"n", "mean", "se", "values"}``: the mean and its standard error (sample standard
+    deviation over sqrt(n); None with fewer than two values), rounded to 4 places."""
+    n = len(values)
+    mean = float(np.mean(values)) if n else math.nan
+    se = float(np.std(values, ddof=1) / math.sqrt(n)) if n > 1 else None
+    return {"n": n, "mean": round(mean, 4), "se": None if se is None else round(se, 4),
+            "values": values}

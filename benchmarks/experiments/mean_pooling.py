@@ -15,14 +15,12 @@ from __future__ import annotations
 import argparse
 import contextlib
 import functools
-import math
 import time
 from collections.abc import Iterator
 from typing import Any
 
-import numpy as np
-
 import secagg.fl_core.finetune.party as party
+from benchmarks.experiments.common import mean_se
 from benchmarks.experiments.sim import run_job, save
 from secagg.fl_core.finetune.job import FinetuneJob
 from secagg.models import Pooling, build_model
@@ -41,21 +39,13 @@ def _pooling(pooling: Pooling) -> Iterator[None]:
         party.build_model = old  # type: ignore[assignment]
 
 
-def _stats(values: list[float]) -> dict[str, Any]:
-    n = len(values)
-    mean = float(np.mean(values)) if n else math.nan
-    se = float(np.std(values, ddof=1) / math.sqrt(n)) if n > 1 else None
-    return {"n": n, "mean": round(mean, 4), "se": None if se is None else round(se, 4),
-            "values": values}
-
-
 def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
     """Per pooling: accuracy, macro-F1 and wall seconds as mean and standard error."""
     out: dict[str, Any] = {}
     for pooling in Pooling:
         mine = [r for r in runs if r["pooling"] == pooling.value]
         out[pooling.value] = {
-            key: _stats([float(r[key]) for r in mine])
+            key: mean_se([float(r[key]) for r in mine])
             for key in ("accuracy_after", "macro_f1_after", "wall_s")
         }
     return out

@@ -4,8 +4,14 @@ Per round every sampled client is a :class:`secagg.fl_core.finetune.client_task.
 (all share one :class:`secagg.models.AdaptedModel`: each call starts with ``set_vector(state)``),
 the sum goes through the real secure aggregation :func:`secagg.protocols.harness.run_round` and
 :class:`secagg.fl_core.finetune.server_task.FinetuneServerTask` takes the step and the accountant's.
-``centralized=True`` runs one party holding all the data and skips the aggregation (its contribution
-is the sum).
+``centralized=True`` runs one party holding all the data (every party's part) and skips the
+aggregation. Without DP (``dp="none"``) that party runs the federated round's procedure itself:
+as many local trainings per round as the federated cohort has parties (the same client ids, so
+the same batch seeds; the same local steps, batch, local optimizer), each from the global
+weights over ALL the data, and the server optimizer steps on their mean; only the data split
+differs from the federated run. (Before, it ran one local training per round, and on party 1's
+part only when the job had several parties.) With DP on it is one party sampling from all the
+data, adding the whole noise itself.
 """
 
 from __future__ import annotations
@@ -75,10 +81,21 @@ def _cohort(job: FinetuneJob, n: int, round_id: int) -> list[int]:
     return sorted(int(c) + 1 for c in rng.choice(job.num_clients, size=n, replace=False))
 
 
-def _client_loop(tasks: dict[int, FinetuneClientTask]) -> Contribute:
+def _client_loop(tasks: dict[int, FinetuneClientTask],
+                 removable: dict[int, dict[int, bytes]] | None = None) -> Contribute:
+    """Each member's contribution; with exact distributed noise (``prep.dp.exact_cohorts``)
+    through ``for_round`` with the round's ``(n, t)``, its noise seeds put in ``removable``."""
     def contribute(prep: Prepared, round_id: int, cohort: list[int], state: Vector
                    ) -> dict[int, Vector]:
-        return {cid: tasks[cid](round_id, state) for cid in cohort}
+        if not prep.dp.exact_cohorts or removable is None:
+            return {cid: tasks[cid](round_id, state) for cid in cohort}
+        t = SecAggConfig(**{**prep.config_args, "n": len(cohort)}).threshold
+        inputs: dict[int, Vector] = {}
+        for cid in cohort:
+            inputs[cid], seeds = tasks[cid].for_round(round_id, state, n=len(cohort), t=t)
+            if seeds:
+                removable[cid] = seeds
+        return inputs
     return contribute
 
 
@@ -93,19 +110,26 @@ def run_job(job: FinetuneJob, *, cohort: int | None = None, centralized: bool = 
         JobError, ConfigError, ProtocolError: as :func:`prepare` and :func:`run_round`.
     """
     n = 1 if centralized else (cohort or job.num_clients)
+    # centralized without DP: the one party runs the cohort's local trainings (see above)
+    workers = (cohort or job.num_clients) if centralized and job.dp == "none" else 1
     t0 = time.perf_counter()
     prep = prepare_run(job, cohort=n, centralized=centralized)
     server = FinetuneServerTask(job, prep.model, prep.data, prep.dp, cohort=n)
     # the "before" evaluation is the same for every run of one model/data/seed: skippable
     state = server.initial_state(prep.dim) if eval_before else server.initial_vector.copy()
+    removable: dict[int, dict[int, bytes]] = {}
     if contribute is None:
-        ids = [1] if centralized else range(1, job.num_clients + 1)
-        contribute = _client_loop({cid: FinetuneClientTask(job, cid, prep.model,
-                                                           prep.data.client(cid), prep.dp)
-                                   for cid in ids})
+        if centralized:
+            pooled = prep.data.train.subset(np.concatenate(prep.data.parts))
+            tasks = {cid: FinetuneClientTask(job, cid, prep.model, pooled, prep.dp)
+                     for cid in range(1, workers + 1)}
+        else:
+            tasks = {cid: FinetuneClientTask(job, cid, prep.model, prep.data.client(cid),
+                                             prep.dp) for cid in range(1, job.num_clients + 1)}
+        contribute = _client_loop(tasks, removable)
     rounds: list[dict[str, Any]] = []
     for r in range(1, job.rounds + 1):
-        members = [1] if centralized else _cohort(job, n, r)
+        members = list(range(1, workers + 1)) if centralized else _cohort(job, n, r)
         t_train = time.perf_counter()
         inputs = contribute(prep, r, members, state)
         train_s = time.perf_counter() - t_train
@@ -113,12 +137,16 @@ def run_job(job: FinetuneJob, *, cohort: int | None = None, centralized: bool = 
                                "train_s_total": round(train_s, 4),
                                "train_s_per_client": round(train_s / len(members), 4)}
         if centralized:
-            out = RoundOutcome(r, tuple(members), aggregate=inputs[1], weight_total=1.0,
-                               included=(1,))
+            total = np.sum([inputs[cid] for cid in members], axis=0)
+            out = RoundOutcome(r, tuple(members), aggregate=total,
+                               weight_total=float(len(members)), included=tuple(members))
         else:
-            rr = run_round(SecAggConfig(**prep.config_args), inputs, round_id=r)
+            config = SecAggConfig(**{**prep.config_args, "n": len(members)})
+            rr = run_round(config, inputs, round_id=r, removable=dict(removable) or None)
+            removable.clear()
             out = RoundOutcome(r, tuple(members), aggregate=rr.aggregate,
-                               weight_total=rr.weight_total, included=rr.included)
+                               weight_total=rr.weight_total, included=rr.included,
+                               threshold=config.threshold, released_noise=rr.released_noise)
             rec |= {"secagg_server_s": round(rr.server_s, 4),
                     "secagg_client_s_mean": round(rr.client_s_mean, 4),
                     "secagg_total_compute_s": round(rr.total_compute_s, 4),
@@ -134,7 +162,8 @@ def run_job(job: FinetuneJob, *, cohort: int | None = None, centralized: bool = 
             on_round(rec)
     server.evaluate(state, job.rounds)
     return _summary(job, prep, server, rounds, label, centralized, n,
-                    time.perf_counter() - t0) | {"_prep": prep}
+                    time.perf_counter() - t0) | {"local_trainings_per_round": (
+                        workers if centralized else n), "_prep": prep}
 
 
 def _summary(job: FinetuneJob, prep: Prepared, server: FinetuneServerTask,

@@ -18,7 +18,9 @@ import hashlib
 import math
 
 import numpy as np
+from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from numpy.typing import NDArray
 
 from secagg.rng import random_bytes
@@ -56,6 +58,26 @@ class NoiseSource:
     def _init_key(self, key: bytes) -> None:
         cipher = Cipher(algorithms.AES(key), modes.CTR(b"\x00" * 16))
         self._encryptor = cipher.encryptor()
+
+    @classmethod
+    def from_seed(cls, seed: bytes, label: bytes) -> NoiseSource:
+        """A stream keyed by HKDF-SHA256(``seed``, info=``label``): the same seed and label
+        give the same draws (a released noise component is re-expanded from its seed).
+        ``seed`` must be 32 bytes of CSPRNG output that nobody else knows until released.
+
+        Raises:
+            TypeError: ``seed`` or ``label`` is not bytes.
+            ValueError: ``seed`` is not 32 bytes or ``label`` is empty.
+        """
+        if not isinstance(seed, bytes) or not isinstance(label, bytes):
+            raise TypeError("seed and label must be bytes")
+        if len(seed) != _KEY_BYTES or not label:
+            raise ValueError(f"seed must be {_KEY_BYTES} bytes and label non-empty")
+        key = HKDF(algorithm=hashes.SHA256(), length=_KEY_BYTES, salt=None,
+                   info=label).derive(seed)
+        source = cls.__new__(cls)
+        source._init_key(key)
+        return source
 
     @classmethod
     def for_testing(cls, seed: bytes) -> NoiseSource:

@@ -22,8 +22,9 @@ from secagg.fl_core.finetune.preflight import check_protocol
 from secagg.fl_core.finetune.privacy import ResolvedDp, resolve_dp
 from secagg.models import AdaptedModel
 from secagg.protocols.config import SecAggConfig
+from secagg.protocols.errors import ConfigError
 
-__all__ = ["Prepared", "final_summary", "prepare", "write_summary"]
+__all__ = ["Prepared", "final_summary", "prepare", "round_cohorts", "write_summary"]
 
 
 @dataclass
@@ -42,8 +43,31 @@ class Prepared:
         return self.model.num_trainable
 
 
-def prepare(job: FinetuneJob, *, protocol: str, n: int, active: bool) -> Prepared:
-    """Build the model and data, and resolve DP and the protocol config for cohort ``n``.
+def round_cohorts(protocol: str, n: int, active: bool, min_cohort: int | None
+                  ) -> tuple[tuple[int, int], ...]:
+    """``(m, t_m)`` for every round size ``m`` from ``min_cohort`` (default ``n``) to ``n``,
+    ``t_m`` the threshold the config rule gives a round of ``m`` (what every party's policy
+    derives, :func:`secagg.fl_core.cohort.round_config_args`).
+
+    Raises:
+        ConfigError: ``min_cohort`` outside ``[2, n]``, or no valid config for some ``m``.
+    """
+    low = n if min_cohort is None else min_cohort
+    if not 2 <= low <= n:
+        raise ConfigError(f"min clients must be in [2, {n}], got {low}")
+    return tuple((m, SecAggConfig(protocol=protocol, n=m, active=active).threshold)
+                 for m in range(low, n + 1))
+
+
+def prepare(job: FinetuneJob, *, protocol: str, n: int, active: bool,
+            min_cohort: int | None = None) -> Prepared:
+    """Build the model and data, and resolve DP and the protocol config for cohort ``n``
+    (rounds of ``min_cohort`` to ``n`` parties when the sampler refills after a loss).
+
+    Distributed noise over SecAgg/SecAgg+ uses the exact release
+    (:mod:`secagg.fl_core.dp.exact`): it is calibrated for every round size allowed, and the
+    threshold follows the config rule per round size. Other protocols keep the threshold
+    design and pin the full cohort's threshold (no round may have fewer noise shares).
 
     Raises:
         JobError: a protocol the job cannot run over, or unreachable DP targets.
@@ -56,12 +80,14 @@ def prepare(job: FinetuneJob, *, protocol: str, n: int, active: bool) -> Prepare
     if protocol != "plain":
         base["active"] = active
     threshold = SecAggConfig(**base).threshold
+    exact = protocol in ("secagg", "secagg+") and job.dp != "none" and job.noise == "distributed"
+    cohorts = round_cohorts(protocol, n, active, min_cohort) if exact else ()
     data = load_job_data(job)
     model = build_job_model(job, data)
     dp = resolve_dp(job, dim=model.num_trainable, sizes=data.sizes, cohort=n,
-                    threshold=threshold)
+                    threshold=threshold, cohorts=cohorts)
     args = {**base, "clip": dp.protocol_clip, "scale": dp.protocol_scale}
-    if protocol != "plain":
+    if protocol != "plain" and not exact:
         args["threshold"] = threshold  # explicit: the DP noise shares are calibrated to it
     SecAggConfig(**args)  # validate now, with a clear error, rather than in round 1
     return Prepared(job, data, model, dp, args)

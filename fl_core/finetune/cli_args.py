@@ -25,7 +25,13 @@ _FLAGS: dict[str, tuple[str, Any, str]] = {
     "--alpha": ("alpha", float, "Dirichlet concentration (default 0.5)"),
     "--seed": ("seed", int, "public seed: split, partition, initial weights"),
     "--lr": ("lr", float, "server Adam step (record/distributed) or local rate"),
-    "--server-lr": ("server_lr", float, "FedAvg server step (other modes)"),
+    "--server-lr": ("server_lr", float, "the server's rate on the mean update (other modes)"),
+    "--server-optimizer": ("server_optimizer", str, "avg (FedAvg, default), avgm (FedAvgM) or "
+                           "adam (FedAdam): the server's step on the mean update (other modes)"),
+    "--server-momentum": ("server_momentum", float, "FedAvgM momentum / FedAdam beta1 "
+                          "(default 0.9)"),
+    "--local-optimizer": ("local_optimizer", str, "adamw (default) or sgd: the clients' local "
+                          "training without record-level DP"),
     "--optimizer": ("optimizer", str, "adam (default) or sgd: the step on the noised gradient "
                     "(server side for distributed noise, local DP-SGD for local noise)"),
     "--records-per-round": ("records_per_round", int,

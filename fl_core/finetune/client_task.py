@@ -19,7 +19,7 @@ import logging
 import time
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import numpy.typing as npt
@@ -29,6 +29,7 @@ from secagg.fl_core.dp import (
     Placement,
     Unit,
     add_distributed_noise,
+    add_exact_noise,
     add_local_noise,
     clip_l2,
 )
@@ -43,6 +44,7 @@ __all__ = ["FinetuneClientTask"]
 log = logging.getLogger("secagg.fl_core.finetune")
 
 Vector = npt.NDArray[np.float64]
+_LOCAL_OPTIMIZER: dict[str, Literal["adamw", "sgd"]] = {"adamw": "adamw", "sgd": "sgd"}
 
 
 class FinetuneClientTask:
@@ -56,15 +58,40 @@ class FinetuneClientTask:
         cfg = dp.config
         # Clients hand the protocol values in units of C: sensitivity 1, grid 2^-grid_scale.
         self.unit_cfg = replace(cfg, clip=1.0) if cfg is not None else None
+        self._cohort: tuple[int, int] | None = None
+        self._seeds: dict[int, bytes] | None = None
 
     def __call__(self, round_id: int, state: Vector) -> Vector:
-        """This party's contribution to round ``round_id`` starting from ``state``.
+        """This party's contribution to round ``round_id`` starting from ``state``
+        (distributed noise: the threshold design, each party ``sigma^2 / t``).
 
         Raises:
             VectorLengthError: ``state`` is not the model's length.
         """
+        return self._run(round_id, state, None)[0]
+
+    def for_round(self, round_id: int, state: Vector, *, n: int, t: int
+                  ) -> tuple[Vector, dict[int, bytes] | None]:
+        """The contribution to a SecAgg/SecAgg+ round of ``n`` parties with threshold ``t``,
+        and the seeds of its removable noise (distributed noise with exact release: see
+        :mod:`secagg.fl_core.dp.exact`; None otherwise).
+
+        Raises:
+            ValueError: the job's DP was not calibrated for a round of ``(n, t)``.
+            VectorLengthError: ``state`` is not the model's length.
+        """
+        if not self.dp.exact_cohorts:
+            return self._run(round_id, state, None)[0], None
+        if (n, t) not in self.dp.exact_cohorts:
+            raise ValueError(f"DP is calibrated for rounds {list(self.dp.exact_cohorts)}, "
+                             f"not n={n}, t={t}")
+        return self._run(round_id, state, (n, t))
+
+    def _run(self, round_id: int, state: Vector, cohort: tuple[int, int] | None
+             ) -> tuple[Vector, dict[int, bytes] | None]:
         start = time.perf_counter()
         self.model.set_vector(state)
+        self._cohort, self._seeds = cohort, None
         out, info = self._contribution(round_id)
         bound = self.dp.protocol_clip
         clamped = int(np.count_nonzero(np.abs(out) > bound))
@@ -75,6 +102,16 @@ class FinetuneClientTask:
         info |= {"round": round_id, "client": self.client_id, "clamped": clamped,
                  "train_s": round(time.perf_counter() - start, 4)}
         self._record(info)
+        seeds, self._seeds = self._seeds, None
+        return out, seeds
+
+    def _distributed(self, vec: Vector) -> Vector:
+        """Distributed noise on ``vec`` (units of C): exact levels in a round of known
+        ``(n, t)``, else one share of ``sigma^2 / t``."""
+        assert self.unit_cfg is not None
+        if self._cohort is None:
+            return add_distributed_noise(vec, self.unit_cfg, self.noise)
+        out, self._seeds = add_exact_noise(vec, self.unit_cfg, *self._cohort, self.noise)
         return out
 
     def _contribution(self, round_id: int) -> tuple[Vector, dict[str, Any]]:
@@ -87,9 +124,9 @@ class FinetuneClientTask:
             cs = clipped_grad_sum(self.model, self.data, idx, clip=cfg.clip,
                                   max_length=job.max_length)
             assert self.unit_cfg is not None
-            add = (add_distributed_noise if cfg.placement is Placement.DISTRIBUTED
-                   else add_local_noise)
-            noised = add(cs.vector / cfg.clip, self.unit_cfg, self.noise)
+            noised = (self._distributed(cs.vector / cfg.clip)
+                      if cfg.placement is Placement.DISTRIBUTED
+                      else add_local_noise(cs.vector / cfg.clip, self.unit_cfg, self.noise))
             return noised, {"examples": cs.count, "loss": cs.loss,
                             "frac_clipped": cs.frac_clipped}
         if cfg is not None and cfg.unit is Unit.RECORD:  # local DP-SGD steps (DP-LoRA)
@@ -102,7 +139,8 @@ class FinetuneClientTask:
             return res.update.astype(np.float64), _train_info(res.losses, res.examples_seen)
         res_plain = train_local(self.model, self.data, TrainConfig(
             steps=job.local_steps, batch_size=job.batch_size, learning_rate=job.lr,
-            max_length=job.max_length), seed=_round_seed(job, self.client_id, round_id))
+            max_length=job.max_length, optimizer=_LOCAL_OPTIMIZER[job.local_optimizer]),
+            seed=_round_seed(job, self.client_id, round_id))
         update = res_plain.update.astype(np.float64)
         info = _train_info(res_plain.losses, res_plain.examples_seen)
         if cfg is None:
@@ -113,7 +151,7 @@ class FinetuneClientTask:
         if not self._sampled_in():
             scaled = np.zeros_like(scaled)  # sits out: the noise share alone, same timing
         if cfg.placement is Placement.DISTRIBUTED:
-            return add_distributed_noise(scaled, self.unit_cfg, self.noise), info | {"norm": norm}
+            return self._distributed(scaled), info | {"norm": norm}
         return add_local_noise(scaled, self.unit_cfg, self.noise), info | {"norm": norm}
 
     def _sampled_in(self) -> bool:

@@ -36,7 +36,8 @@ def prepare_from_args(ns: argparse.Namespace, who: str) -> Prepared | None:
     try:
         job = job_from_args(ns, rounds=ns.rounds if who == "serve" else None)
         n = ns.n if ns.n is not None else job.num_clients
-        prep = prepare(job, protocol=ns.protocol, n=n, active=not ns.insecure)
+        prep = prepare(job, protocol=ns.protocol, n=n, active=not ns.insecure,
+                       min_cohort=getattr(ns, "min_clients", None))
     except (JobError, ConfigError, ModelsError, ValueError) as exc:
         print(f"secagg {who}: {exc}", file=sys.stderr)
         return None

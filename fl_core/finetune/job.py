@@ -21,6 +21,8 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, Literal
 
+from secagg.fl_core.finetune.server_opt import SERVER_OPTIMIZERS
+
 __all__ = ["FinetuneJob", "JobError"]
 
 DpUnitName = Literal["record", "client", "none"]
@@ -47,7 +49,17 @@ class FinetuneJob:
         optimizer: ``"adam"`` or ``"sgd"`` (momentum 0.9 on the server) for the step on the
             noised gradient: the server's step (distributed noise) or the clients' local DP-SGD
             (local noise).
-        server_lr: FedAvg server step on the mean update (other modes).
+        server_lr: the server's step on the mean update (other modes): FedAvg's scale, or the
+            rate of ``server_optimizer``.
+        server_optimizer: ``"avg"`` (FedAvg, the default), ``"avgm"`` (FedAvgM: momentum
+            ``server_momentum`` on the mean update) or ``"adam"`` (FedAdam, Reddi et al. 2021:
+            beta1 ``server_momentum``): the server's optimizer on the mean update in the modes
+            that carry updates (no DP, client level, local DP with several local steps); see
+            :mod:`secagg.fl_core.finetune.server_opt`. A job whose server steps on gradients
+            (record level, distributed noise or one local step) refuses anything but ``"avg"``.
+        server_momentum: FedAvgM's momentum and FedAdam's beta1, in [0, 1) (default 0.9).
+        local_optimizer: ``"adamw"`` (default: a fresh AdamW every round) or ``"sgd"`` (plain
+            SGD at ``lr``) for the clients' non-private local training (no DP, client level).
         records_per_round: expected records sampled per round over all parties (record level:
             the Poisson rate is this over the total number of records).
         local_steps / batch_size: local training per round (local DP-SGD, client level, none).
@@ -93,6 +105,9 @@ class FinetuneJob:
     grid_scale: int = 14
     generations: int = 3
     client_sample_rate: float | None = None
+    server_optimizer: str = "avg"
+    server_momentum: float = 0.9
+    local_optimizer: str = "adamw"
 
     def __post_init__(self) -> None:
         _check_choice("adapter", self.adapter, ("lora", "prefix", "prompt", "full"))
@@ -100,6 +115,7 @@ class FinetuneJob:
         _check_choice("dp", self.dp, ("record", "client", "none"))
         _check_choice("noise", self.noise, ("distributed", "local"))
         _check_choice("optimizer", self.optimizer, ("adam", "sgd"))
+        self._check_update_optimizers()
         for name in ("num_clients", "rounds", "eval_size", "max_length", "records_per_round",
                      "local_steps", "batch_size", "grid_scale"):
             value = getattr(self, name)
@@ -130,16 +146,41 @@ class FinetuneJob:
             raise JobError("generations must be an int >= 0")
 
     @property
+    def steps_on_gradients(self) -> bool:
+        """Whether the round's sum is of (noised) gradients, stepped by ``optimizer`` on the
+        server (record level with distributed noise, or local noise and one local step),
+        rather than of updates stepped by ``server_optimizer``."""
+        return self.dp == "record" and (self.noise == "distributed" or self.local_steps == 1)
+
+    def _check_update_optimizers(self) -> None:
+        _check_choice("server_optimizer", self.server_optimizer, SERVER_OPTIMIZERS)
+        _check_choice("local_optimizer", self.local_optimizer, ("adamw", "sgd"))
+        beta = self.server_momentum
+        if not (isinstance(beta, int | float) and not isinstance(beta, bool)
+                and 0.0 <= beta < 1.0):
+            raise JobError(f"server_momentum must be in [0, 1), got {beta!r}")
+        if self.server_optimizer != "avg" and self.steps_on_gradients:
+            raise JobError("server_optimizer applies to jobs that carry updates (dp 'none' or "
+                           "'client', or local noise with local_steps > 1); this job's server "
+                           "steps on gradients with optimizer "
+                           f"{self.optimizer!r}")
+        if self.local_optimizer != "adamw" and self.dp == "record":
+            raise JobError("local_optimizer applies to non-private local training (dp 'none' "
+                           "or 'client'); record-level local DP-SGD uses optimizer")
+
+    @property
     def digest(self) -> str:
         """SHA-256 of the canonical JSON: parties compare it before round 1."""
         return hashlib.sha256(self.to_json().encode()).hexdigest()
 
     def to_json(self) -> str:
-        """Canonical JSON (sorted keys); an unset ``client_sample_rate`` is left out, so jobs
-        written before that field existed keep their digest (and their checkpoints)."""
+        """Canonical JSON (sorted keys); a field added later is left out while it holds its
+        default (an unset ``client_sample_rate``, FedAvg, AdamW), so jobs written before that
+        field existed keep their digest (and their checkpoints)."""
         doc = asdict(self)
-        if doc["client_sample_rate"] is None:
-            del doc["client_sample_rate"]
+        for name, default in _LATER_FIELDS.items():
+            if doc[name] == default:
+                del doc[name]
         return json.dumps(doc, sort_keys=True)
 
     @classmethod
@@ -176,6 +217,12 @@ class FinetuneJob:
     def save(self, path: str | Path) -> None:
         """Write the canonical JSON to ``path``."""
         Path(path).write_text(self.to_json() + "\n")
+
+
+#: Fields added after the first release, with the default at which ``to_json`` leaves them out
+#: (the behaviour of jobs written before they existed).
+_LATER_FIELDS: dict[str, Any] = {"client_sample_rate": None, "server_optimizer": "avg",
+                                 "server_momentum": 0.9, "local_optimizer": "adamw"}
 
 
 def _check_choice(name: str, value: object, allowed: tuple[str, ...]) -> None:

@@ -45,6 +45,7 @@ from secagg.fl_core.dp import (
     calibrate_noise_multiplier,
     client_level_warning,
     effective_noise_multiplier,
+    exact_noise_multiplier,
 )
 from secagg.fl_core.finetune.job import FinetuneJob, JobError
 
@@ -82,6 +83,9 @@ class ResolvedDp:
     accountant_bound: Literal["gaussian", "zcdp"] = "gaussian"
     accountant_delta: float = 0.0
     amplification: str = "none"
+    exact_cohorts: tuple[tuple[int, int], ...] = ()
+    """Distributed noise over SecAgg/SecAgg+: the rounds' ``(n, t)`` the exact release
+    (:mod:`secagg.fl_core.dp.exact`) is calibrated for; empty: the threshold design."""
 
     def accountant(self) -> PrivacyAccountant | None:
         """A fresh accountant (None without DP)."""
@@ -108,6 +112,7 @@ class ResolvedDp:
             "clip": cfg.clip if cfg else None, "threshold": cfg.threshold if cfg else None,
             "clamp_probability_per_round": self.clamp_probability,
             "accounting": _ACCOUNTING.get(self.accountant_bound) if cfg else None,
+            "exact_noise": [list(c) for c in self.exact_cohorts] or None,
             "amplification": self.amplification if cfg else None,
             "warning": self.warning,
         }
@@ -122,11 +127,14 @@ def _solve(job: FinetuneJob, delta: float, rate: float, steps: int,
                                       sample_rate=rate, steps=steps, bound=bound)
 
 
-def _distributed_sigma(base: DpConfig, target: float, dim: int) -> DpConfig:
-    """The smallest sigma whose effective multiplier (rounding and tau included) >= target."""
+def _distributed_sigma(base: DpConfig, target: float, dim: int,
+                       cohorts: tuple[tuple[int, int], ...] = ()) -> DpConfig:
+    """The smallest sigma whose effective multiplier (rounding and tau included) >= target
+    (exact release: the worst over ``cohorts`` and survivor counts)."""
     cfg = replace(base, noise_multiplier=target)
     for _ in range(60):
-        eff = effective_noise_multiplier(cfg, dim)
+        eff = (exact_noise_multiplier(cfg, dim, cohorts) if cohorts
+               else effective_noise_multiplier(cfg, dim))
         if eff >= target * (1 - 1e-9):
             return cfg
         cfg = replace(cfg, noise_multiplier=cfg.noise_multiplier * (target / eff) * (1 + 1e-6))
@@ -140,9 +148,12 @@ def _binomial_upper(size: int, rate: float, tail: float) -> float:
 
 
 def resolve_dp(job: FinetuneJob, *, dim: int, sizes: tuple[int, ...], cohort: int,
-               threshold: int) -> ResolvedDp:
+               threshold: int, cohorts: tuple[tuple[int, int], ...] = ()) -> ResolvedDp:
     """Resolve the job's privacy for ``dim`` values, client record counts ``sizes``, cohort
-    ``cohort`` and protocol threshold ``threshold``.
+    ``cohort`` and protocol threshold ``threshold``. ``cohorts``: the ``(n, t)`` of every
+    round size the federation may run (SecAgg/SecAgg+); with distributed noise the survivors
+    then release the excess (:mod:`secagg.fl_core.dp.exact`) and the sum carries exactly
+    ``sigma``, and the range is sized for the smallest ``t`` among them.
 
     Raises:
         JobError: the target epsilon is unreachable, the clamp probability eats the whole
@@ -188,7 +199,8 @@ def resolve_dp(job: FinetuneJob, *, dim: int, sizes: tuple[int, ...], cohort: in
                  ) -> ResolvedDp:
         return ResolvedDp(cfg, delta, target, rate, steps, clip, scale, clamp_p, warning,
                           accountant_bound=accountant_bound, accountant_delta=conversion_delta,
-                          amplification=amplification)
+                          amplification=amplification,
+                          exact_cohorts=() if local else tuple(sorted(cohorts)))
 
     if local and record and job.local_steps == 1:  # a noised clipped-gradient sum, C units
         batch_hi = max(_binomial_upper(size, rate, _TAIL) for size in sizes)
@@ -197,7 +209,10 @@ def resolve_dp(job: FinetuneJob, *, dim: int, sizes: tuple[int, ...], cohort: in
     if local:  # clamping an already private value is post-processing
         bound = 4.0 * job.lr * job.local_steps if record else 1.0 + 6.0 * target
         return resolved(base, steps_per_round, bound, 20 if record else job.grid_scale, 0.0)
-    cfg = _distributed_sigma(base, target, dim)
+    if cohorts:  # exact release: a party adds sigma^2/t_r in a round with threshold t_r
+        threshold = min(t for _, t in cohorts)
+        base = replace(base, threshold=threshold)
+    cfg = _distributed_sigma(base, target, dim, cohorts)
     share = cfg.noise_multiplier / math.sqrt(threshold)  # in units of C
     # per coordinate: |sum of clipped / C| <= the party's batch size (Bernstein tail of its
     # Binomial(size, q) draw) at record level, <= 1 at client level

@@ -4,8 +4,9 @@ The server sees only the secure sum of the survivors' (noised) contributions. Re
 distributed noise: the sum is ``(sum of clipped per-example gradients) / C + noise`` on the
 fixed-point grid; the server rescales it to the noised mean gradient ``C * sum / (q N)`` (``q
 N`` is the expected batch, a public constant, as in DP-SGD with Poisson sampling) and takes an
-Adam step, which is post-processing. Other modes carry updates: FedAvg with ``server_lr`` on
-their mean (client level: over the cohort size ``n``, a public constant, times ``C``).
+Adam step, which is post-processing. Other modes carry updates: the job's ``server_optimizer``
+(FedAvg, FedAvgM or FedAdam at ``server_lr``, :mod:`secagg.fl_core.finetune.server_opt`) steps
+on their mean (client level: over the cohort size ``n``, a public constant, times ``C``).
 
 The server also holds the public hold-out set and the same pretrained model, and evaluates
 the global weights before round 1 and at the end.
@@ -24,16 +25,18 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
-from secagg.fl_core.dp import Placement, PrivacyAccountant, Unit
+from secagg.fl_core.dp import Placement, PrivacyAccountant, Unit, released_noise
 from secagg.fl_core.driver import RoundOutcome
 from secagg.fl_core.finetune.job import FinetuneJob
 from secagg.fl_core.finetune.party import JobData
 from secagg.fl_core.finetune.privacy import ResolvedDp
+from secagg.fl_core.finetune.server_opt import ServerOptimizer
 from secagg.models import AdaptedModel, evaluate
 
 __all__ = ["FinetuneServerTask"]
@@ -59,11 +62,16 @@ class FinetuneServerTask:
         self._m = np.zeros(self.dim)
         self._v = np.zeros(self.dim)
         self._t = 0
+        #: the step on the mean update of the update-carrying modes (FedAvg, FedAvgM, FedAdam)
+        self.server_opt = ServerOptimizer(job.server_optimizer, dim=self.dim,
+                                          lr=job.server_lr, momentum=job.server_momentum)
         self.evals: list[dict[str, Any]] = []
         self.expected_batch = dp.accountant_rate * sum(data.sizes)
         #: client level: the expected number of real (not sat-out) updates in the sum
         self.expected_updates = cohort * (job.client_sample_rate or 1.0)
         self._charged: set[int] = set()
+        #: rounds whose sum had released noise components removed (exact distributed noise)
+        self.released_rounds = 0
         cfg = dp.config
         #: record level with distributed noise, or local noise and one local step: the sum is
         #: of (noised) clipped gradient sums and the server takes the optimizer step
@@ -87,6 +95,7 @@ class FinetuneServerTask:
         if not np.all(np.isfinite(total)):
             log.error("round %d: non-finite aggregate refused", out.round_id)
             return None
+        total = self._strip_released(total, out)
         if self.steps_on_gradients:
             grad = total * (self.job.clip / self.expected_batch)
             return state - self._step(grad)
@@ -94,7 +103,7 @@ class FinetuneServerTask:
             mean = total * (self.job.clip / self.expected_updates)
         else:
             mean = total / max(out.weight_total, 1.0)
-        return state + self.job.server_lr * mean
+        return state + self.server_opt.step(mean)
 
     def begin_round(self, round_id: int) -> None:
         """Charge round ``round_id`` before it runs (the caller persists :meth:`state_dict`
@@ -109,6 +118,8 @@ class FinetuneServerTask:
         doc: dict[str, Any] = {}
         if out.round_id not in self._charged and out.ok and self.accountant is not None:
             self.accountant.step(self.dp.steps_per_round)
+        if out.released_noise:
+            doc["noise_released_by"] = len(out.released_noise)
         if self.accountant is not None:
             doc["epsilon"] = round(self.accountant.epsilon(), 4)
             doc["delta"] = self.dp.delta_after(self.charged_rounds)
@@ -138,18 +149,20 @@ class FinetuneServerTask:
         return None
 
     def state_dict(self) -> tuple[dict[str, Any], dict[str, Vector]]:
-        """Accountant and Adam state."""
+        """Accountant, Adam and server-optimizer state."""
         doc: dict[str, Any] = {"task": "finetune", "job": self.job.digest, "adam_t": self._t,
                                "evals": self.evals}
         if self.accountant is not None:
             doc["accountant"] = self.accountant.state_dict()
-        return doc, {"adam_m": self._m, "adam_v": self._v}
+        opt_doc, opt_arrays = self.server_opt.state_dict()
+        return doc | opt_doc, {"adam_m": self._m, "adam_v": self._v} | opt_arrays
 
     def load_state_dict(self, doc: dict[str, Any] | None, arrays: dict[str, Vector]) -> None:
         """Restore from a checkpoint of the same job.
 
         Raises:
-            ValueError: the checkpoint is of another job or task.
+            ValueError: the checkpoint is of another job or task, or its server-optimizer
+                state does not fit the job's.
         """
         if doc is None:
             return
@@ -158,10 +171,26 @@ class FinetuneServerTask:
         self._t = int(doc["adam_t"])
         self.evals = list(doc.get("evals", []))
         self._m, self._v = arrays["adam_m"].copy(), arrays["adam_v"].copy()
+        self.server_opt.load_state_dict(doc, arrays)
         if self.accountant is not None and "accountant" in doc:
             self.accountant.load_state_dict(doc["accountant"])
 
     # -- helpers -------------------------------------------------------------------------
+
+    def _strip_released(self, total: Vector, out: RoundOutcome) -> Vector:
+        """Subtract the noise components the survivors released (exact distributed noise:
+        what is left carries exactly ``sigma``). The sum is in units of ``C``."""
+        if not out.released_noise or self.dp.config is None:
+            return total
+        n, t = len(out.sampled), out.threshold
+        if (n, t) not in self.dp.exact_cohorts:
+            log.error("round %d: noise released for an uncalibrated round (n=%d, t=%d); "
+                      "ignored (the sum keeps it)", out.round_id, n, t)
+            return total
+        unit_cfg = replace(self.dp.config, clip=1.0)
+        released = released_noise(out.released_noise, unit_cfg, n, t, total.shape[0])
+        self.released_rounds += 1
+        return total - released
 
     def _step(self, grad: Vector) -> Vector:
         if self.job.optimizer == "sgd":  # heavy-ball momentum; the buffer lives in _m

@@ -60,8 +60,10 @@ messages: st.SearchStrategy[Message] = st.one_of(
     masked_inputs(),
     st.builds(ConsistencyRequest, rounds, ids),
     st.builds(ConsistencySignature, rounds, cids, st.binary(min_size=64, max_size=64)),
-    st.builds(UnmaskRequest, rounds, ids, ids, pairs(64)),
-    st.builds(UnmaskResponse, rounds, cids, pairs(33), pairs(33)),
+    st.builds(UnmaskRequest, rounds, ids, ids, pairs(64), st.integers(0, 2**20)),
+    st.builds(UnmaskResponse, rounds, cids, pairs(33), pairs(33),
+              st.dictionaries(st.integers(1, 2**20), st.binary(min_size=32, max_size=32),
+                              max_size=4).map(lambda d: tuple(sorted(d.items())))),
 )
 
 
@@ -84,7 +86,7 @@ def _check_decoder(data: bytes) -> None:
 
 @settings(max_examples=400, deadline=None)
 @given(st.binary(max_size=200) | st.binary(max_size=200).map(
-    lambda b: b"SA\x01" + bytes([len(b) % 11]) + b))
+    lambda b: b"SA\x02" + bytes([len(b) % 11]) + b))
 def test_fuzz_random_bytes(data: bytes) -> None:
     _check_decoder(data)
 
@@ -123,16 +125,16 @@ def _valid() -> bytes:
     [
         (b"", "header"),
         (b"XX\x01\x06" + _valid()[4:], "magic"),
-        (b"SA\x02\x06" + _valid()[4:], "version"),
-        (b"SA\x01\x63" + _valid()[4:], "unknown message type"),
+        (b"SA\x01\x06" + _valid()[4:], "version"),
+        (b"SA\x02\x63" + _valid()[4:], "unknown message type"),
         (_valid() + b"\x00", "trailing"),
         (_valid()[:-1], "count exceeds"),
         (wire.encode(ConsistencySignature(1, 2, bytes(64)))[:-1], "truncated"),
-        (b"SA\x01\x06" + struct.pack(">QI", 7, 2**31), "count exceeds"),
+        (b"SA\x02\x06" + struct.pack(">QI", 7, 2**31), "count exceeds"),
         (wire.encode(ConsistencyRequest(7, (1, 2)))[:-8] + struct.pack(">II", 2, 1), "ascending"),
-        (b"SA\x01\x05" + struct.pack(">QIIB", 1, 1, 4, 8) + b"\x00" * 3, "MASKED_INPUT"),
-        (b"SA\x01\x05" + struct.pack(">QIIB", 1, 1, 4, 40) + b"\x00" * 20, "bits"),
-        (b"SA\x01\x01" + struct.pack(">QI", 1, 1) + bytes(64) + b"\x05abcde", "signature"),
+        (b"SA\x02\x05" + struct.pack(">QIIB", 1, 1, 4, 8) + b"\x00" * 3, "MASKED_INPUT"),
+        (b"SA\x02\x05" + struct.pack(">QIIB", 1, 1, 4, 40) + b"\x00" * 20, "bits"),
+        (b"SA\x02\x01" + struct.pack(">QI", 1, 1) + bytes(64) + b"\x05abcde", "signature"),
     ],
 )
 def test_specific_rejections(data: bytes, match: str) -> None:

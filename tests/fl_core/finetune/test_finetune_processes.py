@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -14,11 +13,11 @@ from typing import Any
 
 import pytest
 
-from secagg.fl_core import keyfiles, keys
 from secagg.fl_core.checkpoint import resume
 from secagg.fl_core.finetune.job import FinetuneJob
 from secagg.protocols.config import SecAggConfig
 from tests.fl_core._reap import reap
+from tests.fl_core.finetune._procs import free_port, write_keys
 
 pytestmark = pytest.mark.slow
 
@@ -39,7 +38,10 @@ def test_secagg_run_fine_tunes_with_distributed_dp(tmp_path: Path) -> None:
     doc = json.loads(summary.read_text())
     assert doc["rounds"] == 2 and doc["dp"]["unit"] == "record"
     assert doc["dp"]["noise"] == "distributed"
-    assert doc["dp"]["threshold"] == doc["protocol"]["threshold"] == 3  # Bell et al. at n=3
+    # exact noise: calibrated for every round size down to --min-clients (2 by default), the
+    # threshold per round size from the config rule (Bell et al.: 3 at n=3, active)
+    assert doc["dp"]["exact_noise"] == [[2, 2], [3, 3]] and "threshold" not in doc["protocol"]
+    assert [r["threshold"] for r in doc["per_round"]] == [3, 3]
     assert 0.9 * 6 < doc["epsilon"] <= 6 * (1 + 1e-6)  # solved for exactly these 2 rounds
     assert 0.0 <= doc["accuracy_before"] <= 1.0 and 0.0 <= doc["accuracy_after"] <= 1.0
     # the upload is the packed ring vector: dim * bits / 8 plus framing, nothing per-value more
@@ -51,21 +53,13 @@ def test_secagg_run_fine_tunes_with_distributed_dp(tmp_path: Path) -> None:
     assert "federated fine-tuning" in proc.stderr and "accuracy before -> after" in proc.stderr
 
 
-def _port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def test_killed_server_resumes_with_the_accountant(tmp_path: Path) -> None:
     key_dir = tmp_path / "keys"
-    keyfiles.write_server_keys(key_dir, keys.CurveKeyPair.generate())
-    for cid in range(1, CLIENTS + 1):
-        keyfiles.write_client_keys(key_dir, keys.ClientKeys.generate(cid))
+    write_keys(key_dir, CLIENTS)
     job_file = tmp_path / "job.json"
     FinetuneJob(num_clients=CLIENTS, rounds=3, records_per_round=24, eval_size=48,
                 max_length=32, epsilon=6.0).save(job_file)
-    port, ckpt, summary = _port(), tmp_path / "ckpt", tmp_path / "summary.json"
+    port, ckpt, summary = free_port(), tmp_path / "ckpt", tmp_path / "summary.json"
     common = ["--job", str(job_file), "--keys", str(key_dir)]
     server = [*PY, "serve", *common, "--bind", f"tcp://127.0.0.1:{port}", "--checkpoint",
               str(ckpt), "--json", str(summary), "--stage-deadline", "advertise=120"]

@@ -302,3 +302,33 @@ def test_a_round_released_before_its_checkpoint_is_still_charged(
     assert second.accountant.steps == rounds
     assert second.stop_reason() is not None and "charged" in (second.stop_reason() or "")
     assert final.history[-1]["delta"] == pytest.approx(dp.delta_after(rounds))
+
+
+def test_exact_noise_is_calibrated_for_every_round_size() -> None:
+    """With cohorts, the multiplier holds for every round size and survivor count (the same
+    sigma as the threshold design at its t), the range is sized for the smallest t, and a
+    client refuses a round of a size its DP was not calibrated for."""
+    from types import SimpleNamespace
+
+    from secagg.fl_core.finetune.app import round_cohorts
+    from secagg.fl_core.finetune.client_task import FinetuneClientTask
+
+    job = FinetuneJob(rounds=20, epsilon=8.0)
+    cohorts = round_cohorts("secagg+", 4, True, 2)
+    assert cohorts == ((2, 2), (3, 3), (4, 3))
+    exact = resolve_dp(job, dim=DIM, sizes=SIZES, cohort=4, threshold=3, cohorts=cohorts)
+    plain = resolve_dp(job, dim=DIM, sizes=SIZES, cohort=4, threshold=3)
+    assert exact.config is not None and plain.config is not None
+    assert exact.exact_cohorts == cohorts and not plain.exact_cohorts
+    assert exact.accountant_multiplier == plain.accountant_multiplier
+    assert exact.config.noise_multiplier == pytest.approx(plain.config.noise_multiplier,
+                                                          rel=1e-6)
+    assert exact.config.threshold == 2  # a party of a 2-round adds sigma^2/2: the range
+    assert exact.protocol_clip > plain.protocol_clip
+    task = FinetuneClientTask(job, 1, SimpleNamespace(), SimpleNamespace(), exact)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="calibrated"):
+        task.for_round(1, np.zeros(4), n=5, t=3)
+    with pytest.raises(ValueError, match="calibrated"):
+        task.for_round(1, np.zeros(4), n=4, t=2)  # a lower threshold than the rule's
+    with pytest.raises(Exception, match="min clients"):
+        round_cohorts("secagg+", 4, True, 1)
