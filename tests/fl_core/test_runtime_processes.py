@@ -119,7 +119,8 @@ def test_client_killed_mid_round_does_not_stall(cluster: Cluster, crash_at: str,
                                                 counted: bool) -> None:
     # Client 3 kills itself (SIGKILL) in round 2 when the share relay reaches it (before it
     # sends its masked input: left out) or the unmask request does (its input is in, it just
-    # never answers). Either way the stage ends at its 2 s deadline and the round completes.
+    # never answers). Either way the stage ends before its 2 s deadline (the server's pings
+    # find the dead pipe within probe_interval_s, 0.5 s) and the round completes.
     server = cluster.server("--deadline", "2", rounds=2)
     cluster.clients({3: ["--crash-at", crash_at]})
     assert server.wait(timeout=45) == 0
@@ -128,8 +129,9 @@ def test_client_killed_mid_round_does_not_stall(cluster: Cluster, crash_at: str,
     assert r2["ok"] and (3 in r2["survivors"]) is counted
     assert len(r2["survivors"]) == (N if counted else N - 1)
     assert 3 in r2["sampled"]
-    assert any(3 in s["missing"] for s in r2["stages"])
-    assert 2.0 <= r2["seconds"] < 8.0
+    missed = [s for s in r2["stages"] if 3 in s["missing"]]
+    assert missed and missed[0]["seconds"] < 2.0, r2["stages"]  # not the 2 s deadline
+    assert r2["seconds"] < 8.0
     check_aggregates([r1, r2])
     assert cluster.procs[3].wait(timeout=5) == -9
 
