@@ -119,8 +119,8 @@ def test_the_exact_bound_is_the_threshold_bound_at_t_survivors(nt: tuple[int, in
     # a grid so coarse that the smallest component is under one grid unit: tau no longer
     # vanishes, and the bound must be worse than the tau-free D2/sqrt(S)
     coarse = DpConfig(unit="record", placement="distributed", clip=1.0, noise_multiplier=0.05,
-                      delta=1e-5, sample_rate=0.05, threshold=1, grid_scale=6)
-    tau_free = (0.05 * 2**6) / integer_sensitivity(coarse, dim)
+                      delta=1e-5, sample_rate=0.05, threshold=1, grid_scale=4)
+    tau_free = (0.05 * 2**4) / integer_sensitivity(coarse, dim)
     got = exact_noise_multiplier(coarse, dim, [(n, t)])
     assert got <= tau_free * (1 + 1e-12)
     if n > t:
