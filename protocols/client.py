@@ -329,8 +329,9 @@ class SecAggClient(ClientBase[RoundContext]):
         sig = self._identity.sign(labels.consistency_payload(ctx, survivors))
         return [ConsistencySignature(ctx.round_id, me, sig)]
 
-    def _check_unmask(self, msg: UnmaskRequest) -> None:
-        """Raises RemoteProtocolError / ThresholdError unless the request is safe to answer."""
+    def _check_unmask(self, msg: UnmaskRequest) -> frozenset[int]:
+        """Raises RemoteProtocolError / ThresholdError unless the request is safe to answer;
+        returns the signers whose consistency signatures were verified (active mode)."""
         me, t = self._id, self._ctx.config.threshold
         alive, dropped = set(msg.survivors), set(msg.dropped)
         if alive & dropped:
@@ -342,9 +343,11 @@ class SecAggClient(ClientBase[RoundContext]):
         if len(alive) < t:
             raise ThresholdError(f"only {len(alive)} survivors among my neighbours, need {t}")
         if self._signed is not None:
-            self._check_signatures(msg, alive, dropped)
+            return self._check_signatures(msg, alive, dropped)
+        return frozenset()
 
-    def _check_signatures(self, msg: UnmaskRequest, alive: set[int], dropped: set[int]) -> None:
+    def _check_signatures(self, msg: UnmaskRequest, alive: set[int], dropped: set[int]
+                          ) -> frozenset[int]:
         """Active mode: the request matches the set this client signed, and that set carries
         ``t`` valid signatures from the closed neighbourhood ``N[u]`` of every ``u`` whose
         share it would reveal (itself and each committed neighbour).
@@ -385,8 +388,10 @@ class SecAggClient(ClientBase[RoundContext]):
                 raise RemoteProtocolError(
                     f"signed survivor set has only {have} consistency signatures from the "
                     f"neighbourhood of client {u}, need {t} (split views?)")
+        return frozenset(valid)
 
-    def _released(self, msg: UnmaskRequest) -> tuple[tuple[int, bytes], ...]:
+    def _released(self, msg: UnmaskRequest, verified: frozenset[int]
+                  ) -> tuple[tuple[int, bytes], ...]:
         """The removable noise seeds the survivor count makes excess, once it is trusted.
 
         Raises:
@@ -404,20 +409,20 @@ class SecAggClient(ClientBase[RoundContext]):
             if count != len(self._signed):
                 raise RemoteProtocolError("survivor count differs from the set I signed")
             corrupt = math.ceil(ctx.config.corruption_rate * n)
-            if self._quorum_signers(msg) < release_quorum(n, t, corrupt):
+            if self._quorum_signers(msg, verified) < release_quorum(n, t, corrupt):
                 return ()  # keep the excess noise: more noise is always safe
         return tuple((j, self._s.removable[j]) for j in sorted(self._s.removable)
                      if j > n - count)
 
-    def _quorum_signers(self, msg: UnmaskRequest) -> int:
-        """Valid signatures on the signed set, from anyone in it (checked signatures again:
-        cheap next to the masks, and it keeps the two rules apart)."""
-        ctx, signed = self._ctx, set(self._signed or ())
+    def _quorum_signers(self, msg: UnmaskRequest, verified: frozenset[int]) -> int:
+        """Valid signatures on the signed set, from anyone in the cohort: those
+        :meth:`_check_signatures` verified, plus the others, verified here once."""
+        ctx = self._ctx
         payload = labels.consistency_payload(ctx, self._signed or ())
-        valid = 0
+        valid = len(verified)
         for v, sig in msg.signatures:
-            if v not in signed:
-                continue  # _check_signatures already refused these
+            if v in verified:
+                continue  # non-signers of the set were refused by _check_signatures
             try:
                 ctx.verify_key(v).verify(sig, payload)
             except InvalidSignature:
@@ -426,8 +431,7 @@ class SecAggClient(ClientBase[RoundContext]):
         return valid
 
     def _on_unmask(self, msg: UnmaskRequest) -> list[Message]:
-        self._check_unmask(msg)
-        released = self._released(msg)
+        released = self._released(msg, self._check_unmask(msg))
         me, s = self._id, self._s
         seed_shares = tuple((u, s.own[0] if u == me else s.held[u][0]) for u in msg.survivors)
         key_shares = tuple((u, s.held[u][1]) for u in msg.dropped)

@@ -36,7 +36,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from secagg.fl_core.dp.config import DpConfig, Placement
-from secagg.fl_core.dp.mechanism import _as_float_vector, grid_unit, integer_sensitivity
+from secagg.fl_core.dp.mechanism import grid_unit, integer_sensitivity, to_grid
 from secagg.fl_core.dp.noise import NoiseSource
 from secagg.rng import random_bytes
 
@@ -50,7 +50,6 @@ __all__ = [
 
 SEED_BYTES = 32
 _LABEL = b"secagg.fl_core.dp.exact/level/v1"
-_INT_LIMIT = 2.0**62
 
 
 def _check_cohort(n: int, t: int) -> None:
@@ -86,10 +85,10 @@ def retained_fraction(n: int, t: int, survivors: int) -> float:
     return math.fsum(fr[: n - survivors + 1])
 
 
-def _level_std(cfg: DpConfig, n: int, t: int, level: int) -> float:
-    """Std of level ``level`` (0: base) in grid units."""
+def _level_stds(cfg: DpConfig, n: int, t: int) -> tuple[float, ...]:
+    """Std of the base (index 0) and of each level, in grid units."""
     sigma_grid = cfg.noise_multiplier * cfg.clip / grid_unit(cfg)
-    return sigma_grid * math.sqrt(level_fractions(n, t)[level])
+    return tuple(sigma_grid * math.sqrt(f) for f in level_fractions(n, t))
 
 
 def _expand(seed: bytes, level: int, std: float, dim: int) -> NDArray[np.int64]:
@@ -116,21 +115,16 @@ def add_exact_noise(vec: NDArray[np.floating], cfg: DpConfig, n: int, t: int,
         TypeError: ``n`` or ``t`` not ints.
     """
     _check_distributed(cfg)
-    fr = level_fractions(n, t)
-    arr = _as_float_vector(vec)
-    u = grid_unit(cfg)
-    scaled = arr / u
-    if arr.size and float(np.max(np.abs(scaled))) >= _INT_LIMIT:
-        raise ValueError("vec is too large for the integer grid; clip it first")
-    if _level_std(cfg, n, t, min(range(len(fr)), key=fr.__getitem__)) < 0.5:
+    stds = _level_stds(cfg, n, t)
+    if min(stds) < 0.5:
         raise ValueError("a noise component is under 1/2 grid unit: raise grid_scale")
-    k = np.rint(scaled).astype(np.int64)
-    k += source.discrete_gaussian(arr.size, _level_std(cfg, n, t, 0))
+    k = to_grid(vec, cfg)
+    k += source.discrete_gaussian(k.size, stds[0])
     seeds: dict[int, bytes] = {}
     for j in range(1, n - t + 1):
         seeds[j] = random_bytes(SEED_BYTES)
-        k += _expand(seeds[j], j, _level_std(cfg, n, t, j), arr.size)
-    return k.astype(np.float64) * u, seeds
+        k += _expand(seeds[j], j, stds[j], k.size)
+    return k.astype(np.float64) * grid_unit(cfg), seeds
 
 
 def released_noise(released: Mapping[int, Mapping[int, bytes]], cfg: DpConfig, n: int, t: int,
@@ -141,12 +135,13 @@ def released_noise(released: Mapping[int, Mapping[int, bytes]], cfg: DpConfig, n
         ValueError: a level outside ``1 .. n - t`` or a seed that is not 32 bytes.
     """
     _check_distributed(cfg)
+    stds = _level_stds(cfg, n, t)
     total = np.zeros(dim, dtype=np.int64)
     for owner in sorted(released):
         for j, seed in sorted(released[owner].items()):
             if not 1 <= j <= n - t or not isinstance(seed, bytes) or len(seed) != SEED_BYTES:
                 raise ValueError(f"client {owner}: bad released level {j!r}")
-            total += _expand(seed, j, _level_std(cfg, n, t, j), dim)
+            total += _expand(seed, j, stds[j], dim)
     return total.astype(np.float64) * grid_unit(cfg)
 
 

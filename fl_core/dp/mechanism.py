@@ -86,14 +86,21 @@ def add_distributed_noise(
     Raises:
         ValueError: ``vec`` is not 1-D, not finite, or too large for int64 grid values.
     """
-    arr = _as_float_vector(vec)
-    u = grid_unit(cfg)
-    scaled = arr / u
-    if arr.size and float(np.max(np.abs(scaled))) >= _INT_LIMIT:
+    k = to_grid(vec, cfg)
+    k += source.discrete_gaussian(k.size, cfg.share_std() / grid_unit(cfg))
+    return k.astype(np.float64) * grid_unit(cfg)
+
+
+def to_grid(vec: NDArray[np.floating], cfg: DpConfig) -> NDArray[np.int64]:
+    """``vec`` rounded to the nearest multiple of the grid unit, as int64 grid values.
+
+    Raises:
+        ValueError: ``vec`` is not 1-D, not finite, or too large for int64 grid values.
+    """
+    scaled = _as_float_vector(vec) / grid_unit(cfg)
+    if scaled.size and float(np.max(np.abs(scaled))) >= _INT_LIMIT:
         raise ValueError("vec is too large for the integer grid; clip it first")
-    k = np.rint(scaled).astype(np.int64)
-    k += source.discrete_gaussian(arr.size, cfg.share_std() / u)
-    return k.astype(np.float64) * u
+    return np.rint(scaled).astype(np.int64)
 
 
 def integer_sensitivity(cfg: DpConfig, dim: int) -> float:

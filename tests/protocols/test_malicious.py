@@ -469,3 +469,32 @@ def test_server_rejects_misaddressed_shares_and_bad_vectors() -> None:
     with pytest.raises(ProtocolError):  # two of four gone with t = 3: the round cannot finish
         while d.server.stage is not ServerStage.DONE:
             d.step()
+
+
+def test_inflated_survivor_count_strips_no_noise() -> None:
+    """Removable noise, SecAgg+ active: a server that claims every client survived (to have
+    every noise level released, leaving less than sigma in the sum) contradicts the set each
+    client signed: the client aborts before revealing a share or a seed. Any other count than
+    the signed set's is refused alike; the honest count releases exactly the excess."""
+    import dataclasses
+
+    from secagg.protocols.client import removable_levels
+
+    n, t = 10, 3
+    d = Driver(make_config("secagg+", n=n, k=4, threshold=t, active=True))
+    seeds = {i: {j: bytes([i, j]) * 16 for j in removable_levels(n, t)} for i in d.clients}
+    for i, c in d.clients.items():
+        c.hold_removable(seeds[i])  # type: ignore[attr-defined]
+    d.start()
+    d.step()
+    d.step(skip={9})
+    d.step()
+    d.close()
+    req = d.inbox[0]
+    assert isinstance(req, UnmaskRequest) and req.survivor_count == 9
+    refuses(d, 0, dataclasses.replace(req, survivor_count=10), match="survivor count")
+    refuses(d, 1, dataclasses.replace(d.inbox[1], survivor_count=8), match="survivor count")
+    honest = d.clients[2].receive(roundtrip(d.inbox[2]))[0]
+    assert isinstance(honest, UnmaskResponse)
+    assert honest.noise_seeds == tuple((j, seeds[2][j]) for j in removable_levels(n, t)
+                                       if j > n - 9)
