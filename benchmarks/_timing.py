@@ -11,7 +11,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-__all__ = ["format_value", "machine_info", "median_time", "write_json"]
+__all__ = ["PhaseClock", "format_value", "machine_info", "median_time", "write_json"]
 
 
 def median_time(fn: Callable[[], object], *, repeat: int, warmup: int = 1) -> float:
@@ -54,3 +54,24 @@ def format_value(v: Any) -> str:
     if isinstance(v, float):
         return f"{v / 1e6:.2f}M" if v >= 1e5 else f"{v:.3g}"
     return "" if v is None else str(v)
+
+
+class PhaseClock:
+    """Seconds per named phase from a stream of marks: :meth:`mark` ``(name)`` starts a phase,
+    ``mark(None)`` ends the current one (pass :meth:`mark` as a participant's ``trace``)."""
+
+    def __init__(self) -> None:
+        self._totals: dict[str, float] = {}
+        self._phase: str | None = None
+        self._since = 0.0
+
+    def mark(self, phase: str | None) -> None:
+        """End the current phase (if any) and start ``phase`` (None: none)."""
+        now = time.perf_counter()
+        if self._phase is not None:
+            self._totals[self._phase] = self._totals.get(self._phase, 0.0) + now - self._since
+        self._phase, self._since = phase, now
+
+    def totals(self) -> dict[str, float]:
+        """Seconds per phase so far."""
+        return dict(self._totals)

@@ -1,9 +1,18 @@
 """``secagg bench protocol``: one in-process round of plain / SecAgg / SecAgg+, with references.
 
 Each run records, from the same process and the same inputs: the protocol's compute per role
-(``secagg.protocols.harness.run_round``), the plain float sum of the included inputs
-(``plaintext_s``) and the raw AES-256-CTR time for exactly the mask words this round expanded
-(``keystream_bound_s``, the keystream rate measured now times the words). Dropouts are clients
+(``secagg.protocols.harness.RoundSimulation``), the plain float sum of the included inputs
+(``plaintext_s``: the first run right after the round, allocating its float64 sum, as the
+earlier figures measured it; ``plaintext_warm_s``: the median of 5 more, the stricter
+reference) and the keystream bounds for exactly the
+mask words this round expanded: ``keystream_bound_s`` is raw AES-256-CTR ``update_into`` in
+256 KiB chunks into one preallocated 64 MiB buffer (the definition the earlier figures used),
+``keystream_fast_bound_s`` the same words from the fastest AES generator this build has
+(:func:`secagg.prg.keystream_into`, GCM body) into one cache-resident chunk, i.e. AES work with
+no memory traffic at all: the stricter floor. ``server_breakdown`` splits the server's seconds
+by step (:attr:`SecAggServer.trace`); ``encode`` is what the driver spends encoding the
+server's outgoing messages, charged to the server. ``--workers`` sets the server's mask
+threads (default 1: every ratio is one core against one core). Dropouts are clients
 that fail to send their masked input, i.e. after share keys (the costly case: their pairwise
 masks must be recovered). ``--peer flower`` also runs Flower's SecAgg+ on the same n, dim,
 dropout, graph and threshold (``benchmarks/flower_peer.sh``, its own venv) and reports ratios.
@@ -20,6 +29,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -28,11 +38,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
-from benchmarks._timing import machine_info, write_json
-from secagg import prg
+from benchmarks._timing import PhaseClock, machine_info, write_json
 from secagg.protocols import SecAggConfig
-from secagg.protocols.harness import run_round
+from secagg.protocols.harness import RoundSimulation
 
 __all__ = ["main", "run_point"]
 
@@ -47,20 +57,112 @@ RESULTS = Path("benchmarks/results")
 
 
 def _keystream_rate(repeat: int = 5) -> float:
-    """Raw AES-256-CTR keystream, bytes per second, 64 MiB into a preallocated buffer."""
-    buf = np.empty(64 << 20, dtype=np.uint8)
+    """Raw AES-256-CTR keystream, bytes per second: ``update_into`` in 256 KiB chunks into one
+    preallocated 64 MiB buffer (what the earlier figures called the keystream bound)."""
+    buf = bytearray(64 << 20)
+    view = memoryview(buf)
+    chunk = 256 << 10
+    zeros = memoryview(bytes(chunk))
     key = bytes(range(32))
     best = math.inf
     for _ in range(repeat):
         t0 = time.perf_counter()
-        prg.keystream_into(key, buf)
+        enc = Cipher(algorithms.AES(key), modes.CTR(bytes(16))).encryptor()
+        for start in range(0, len(buf), chunk):
+            enc.update_into(zeros, view[start : start + chunk])
         best = min(best, time.perf_counter() - t0)
-    return buf.nbytes / best
+    return len(buf) / best
+
+
+def _fast_keystream_rate(repeat: int = 5) -> float:
+    """The fastest AES keystream of this build, bytes per second: the AES-GCM body that
+    :mod:`secagg.prg` uses for long streams (same words as CTR), 64 MiB written 256 KiB at a
+    time into one cache-resident buffer, so pure AES work with no memory traffic."""
+    chunk = 256 << 10
+    scratch = bytearray(chunk)
+    view = memoryview(scratch)
+    zeros = memoryview(bytes(chunk))
+    key = bytes(range(32))
+    best = math.inf
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        enc = Cipher(algorithms.AES(key), modes.GCM(bytes(12))).encryptor()
+        for _ in range((64 << 20) // chunk):
+            enc.update_into(zeros, view)
+        best = min(best, time.perf_counter() - t0)
+    return (64 << 20) / best
+
+
+def _plaintext_sums(inputs: dict[int, np.ndarray], included: tuple[int, ...],
+                    ) -> tuple[float, float]:
+    """Seconds of the float64 sum of the included float32 inputs: the first run (right after
+    the round, allocating its sum: what the earlier figures used) and the median of 5 more."""
+    dim = inputs[included[0]].shape[0] if included else 0
+    times = []
+    for _ in range(6):
+        t0 = time.perf_counter()
+        truth = np.zeros(dim, dtype=np.float64)
+        for i in included:
+            truth += inputs[i]
+        times.append(time.perf_counter() - t0)
+    return times[0], statistics.median(times[1:])
 
 
 def _dropped(n: int, dropout: float, seed: int) -> list[int]:
     order = np.random.default_rng(seed).permutation(n)  # benchmark choice, not a secret
     return sorted(int(i) for i in order[: math.floor(dropout * n)])
+
+
+def _one_round(
+    cfg: SecAggConfig, inputs: dict[int, np.ndarray], drop: list[int], workers: int
+) -> tuple[Any, dict[str, Any]]:
+    """One round, then its references measured right after it: the result and the figures
+    of this repetition (every ratio is between figures of the same repetition)."""
+    sim = RoundSimulation(cfg, inputs, drop={"masked_input": drop} if cfg.is_secure else None)
+    clock = PhaseClock()
+    if hasattr(sim.server, "trace"):
+        sim.server.trace = clock.mark
+    if hasattr(sim.server, "workers"):
+        sim.server.workers = workers
+    res = sim.run()
+    plaintext_s, plaintext_warm_s = _plaintext_sums(inputs, res.included)
+    words = res.client_mask_words + res.server_mask_words  # 0 for ckks (no masks)
+    rate, fast = _keystream_rate(), _fast_keystream_rate()
+    ks_bound, fast_bound = 4 * words / rate, 4 * words / fast
+    breakdown = clock.totals()
+    if breakdown:
+        breakdown["encode"] = max(0.0, res.server_s - sum(breakdown.values()))
+    total = res.total_compute_s
+    return res, {
+        "server_s": res.server_s,
+        "client_s_mean": res.client_s_mean,
+        "client_s_max": res.client_s_max,
+        "total_compute_s": total,
+        "plaintext_s": plaintext_s,
+        "server_vs_plaintext": res.server_s / plaintext_s,
+        "plaintext_warm_s": plaintext_warm_s,
+        "server_vs_plaintext_warm": res.server_s / plaintext_warm_s,
+        "keystream_gbps": rate / 1e9,
+        "keystream_bound_s": ks_bound,
+        "compute_vs_keystream": total / ks_bound if words else None,
+        "keystream_fast_gbps": fast / 1e9,
+        "keystream_fast_bound_s": fast_bound,
+        "compute_vs_fast_keystream": total / fast_bound if words else None,
+        "server_breakdown": breakdown,
+    }
+
+
+def _median_figures(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Per figure, the median over the repetitions (the breakdown: per step)."""
+    out: dict[str, Any] = {}
+    for key, first in runs[0].items():
+        if isinstance(first, dict):
+            out[key] = {k: statistics.median(r[key].get(k, 0.0) for r in runs) for k in first}
+        elif first is None:
+            out[key] = None
+        else:
+            out[key] = statistics.median(r[key] for r in runs)
+    return out
 
 
 def run_point(
@@ -73,8 +175,11 @@ def run_point(
     k: int | None = None,
     threshold: int | None = None,
     ckks_seeded: bool = True,
+    workers: int = 1,
+    repeat: int = 1,
 ) -> dict[str, Any]:
-    """Run one round and return the JSON row (see the module docstring)."""
+    """Run ``repeat`` rounds and return the JSON row: medians over the repetitions, each
+    ratio taken within its repetition (see the module docstring)."""
     extra: dict[str, Any] = {} if ckks_seeded else {"ckks_seeded": False}
     cfg = SecAggConfig(
         protocol=protocol, n=clients, k=k, threshold=threshold, dropout_rate=max(dropout, 0.1),
@@ -83,16 +188,16 @@ def run_point(
     gen = np.random.default_rng(seed)
     inputs = {i: gen.uniform(-1.0, 1.0, dim).astype(np.float32) for i in range(clients)}
     drop = _dropped(clients, dropout, seed + 1)
-    res = run_round(cfg, inputs, drop={"masked_input": drop} if cfg.is_secure else None)
-    t0 = time.perf_counter()
+    runs = []
+    for _ in range(max(1, repeat)):
+        res, figures = _one_round(cfg, inputs, drop, workers)
+        runs.append(figures)
     truth = np.zeros(dim, dtype=np.float64)
     for i in res.included:
         truth += inputs[i]
-    plaintext_s = time.perf_counter() - t0
     err = float(np.abs(res.aggregate - truth).max())
     bound = len(res.included) * 2.0**-cfg.scale
-    rate = _keystream_rate()
-    words = res.client_mask_words + res.server_mask_words  # 0 for ckks (no masks)
+    words = res.client_mask_words + res.server_mask_words
     setup = res.key_setup
     ckks: dict[str, Any] = {} if setup is None else {
         "ckks_preset": cfg.ckks_layout.preset.name if cfg.ckks_layout else None,
@@ -103,6 +208,7 @@ def run_point(
         "key_setup_bytes_up_max": max(setup.bytes_up.values()),
         "key_setup_bytes_down_max": max(setup.bytes_down.values()),
     }
+    med = _median_figures(runs)
     return {
         "protocol": protocol,
         "clients": clients,
@@ -117,19 +223,30 @@ def run_point(
         "correct": bool(err <= bound and len(res.included) == clients - len(drop)),
         "max_abs_error": err,
         "error_bound": bound,
-        "server_s": res.server_s,
-        "client_s_mean": res.client_s_mean,
-        "client_s_max": res.client_s_max,
-        "total_compute_s": res.total_compute_s,
+        "server_workers": workers,
+        "repeat": len(runs),
+        "server_s": med["server_s"],
+        "client_s_mean": med["client_s_mean"],
+        "client_s_max": med["client_s_max"],
+        "total_compute_s": med["total_compute_s"],
         "bytes_up_per_client": res.bytes_up_per_client,
         "bytes_down_per_client": res.bytes_down_per_client,
         "bytes_up_max_per_client": max(res.bytes_up.values(), default=0),
         "bytes_up_per_value": max(res.bytes_up.values(), default=0) / dim,
-        "plaintext_s": plaintext_s,
-        "server_vs_plaintext": res.server_s / plaintext_s,
+        "plaintext_s": med["plaintext_s"],
+        "server_vs_plaintext": med["server_vs_plaintext"],
+        "plaintext_warm_s": med["plaintext_warm_s"],
+        "server_vs_plaintext_warm": med["server_vs_plaintext_warm"],
+        "server_breakdown": med["server_breakdown"],
         "mask_words": words,
-        "keystream_gbps": rate / 1e9,
-        "keystream_bound_s": 4 * words / rate,
+        "server_mask_words": res.server_mask_words,
+        "keystream_gbps": med["keystream_gbps"],
+        "keystream_bound_s": med["keystream_bound_s"],
+        "compute_vs_keystream": med["compute_vs_keystream"],
+        "keystream_fast_gbps": med["keystream_fast_gbps"],
+        "keystream_fast_bound_s": med["keystream_fast_bound_s"],
+        "compute_vs_fast_keystream": med["compute_vs_fast_keystream"],
+        "runs": runs if len(runs) > 1 else [],
         **ckks,
     }
 
@@ -216,14 +333,25 @@ def sweep(
 
 
 def _line(r: dict[str, Any]) -> str:
-    return (
+    vs = r.get("compute_vs_keystream")
+    fast = r.get("compute_vs_fast_keystream")
+    line = (
         f"{r['protocol']:>8} n={r['clients']:<4} dim={r['dim']:<8} drop={r['dropout']:<4} "
         f"k={r['k']:<4} t={r['threshold']:<4} bits={r['bits']} ok={r['correct']} "
-        f"server={r['server_s']:.3f}s ({r['server_vs_plaintext']:.1f}x plain) "
+        f"server={r['server_s']:.3f}s ({r['server_vs_plaintext']:.2f}x plain "
+        f"{r['plaintext_s']:.4f}s, {r.get('server_vs_plaintext_warm', 0):.2f}x warm) "
         f"client mean={r['client_s_mean']:.3f}s max={r['client_s_max']:.3f}s "
-        f"total={r['total_compute_s']:.2f}s up={r['bytes_up_per_value']:.3f} B/value "
-        f"keystream bound={r['keystream_bound_s']:.2f}s"
+        f"total={r['total_compute_s']:.3f}s up={r['bytes_up_per_value']:.3f} B/value "
+        f"keystream bound={r['keystream_bound_s']:.3f}s"
+        + (f" ({vs:.2f}x; fastest AES {r['keystream_fast_bound_s']:.3f}s, {fast:.2f}x)"
+           if vs is not None else "")
+        + (f" [median of {r['repeat']}]" if r.get("repeat", 1) > 1 else "")
     )
+    parts = r.get("server_breakdown") or {}
+    if parts:
+        line += "\n   server: " + ", ".join(
+            f"{k} {v:.3f}s" for k, v in sorted(parts.items(), key=lambda kv: -kv[1]))
+    return line
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -238,6 +366,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--k", type=int, default=None, help="neighbours (SecAgg+); derived if left out")
     ap.add_argument("--threshold", type=int, default=None)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--workers", type=int, default=1, help="server threads for the masks")
+    ap.add_argument("--repeat", type=int, default=1,
+                    help="rounds to run; the row holds the medians (ratios within a round)")
     ap.add_argument("--peer", choices=["flower"], help="also time this peer on the same point")
     ap.add_argument("--peer-rounds", type=int, default=4)
     ap.add_argument("--sweep", action="store_true", help="run the whole grid (make bench)")
@@ -257,6 +388,8 @@ def main(argv: list[str] | None = None) -> int:
         k=args.k,
         threshold=args.threshold,
         ckks_seeded=not args.ckks_unseeded,
+        workers=args.workers,
+        repeat=args.repeat,
     )
     if args.peer == "flower":
         row.update(_flower(row, args.peer_rounds))
@@ -272,3 +405,7 @@ def main(argv: list[str] | None = None) -> int:
     name = f"protocol_{args.protocol}{tag}_n{args.clients}_d{args.dim}_p{args.dropout}.json"
     print(f"wrote {write_json(args.json or RESULTS / name, row)}")
     return 0 if row["correct"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

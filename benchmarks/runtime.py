@@ -39,8 +39,8 @@ from typing import Any
 import numpy as np
 
 from benchmarks._timing import machine_info, write_json
-from secagg.fl_core import keyfiles, keys
-from secagg.fl_core.rounds import synthetic_update
+from secagg.fl_core.identity import keyfiles, keys
+from secagg.fl_core.runtime.rounds import synthetic_update
 from secagg.protocols.ckks_harness import setup_keys
 from secagg.protocols.config import SecAggConfig
 from secagg.protocols.harness import run_round

@@ -1,8 +1,9 @@
 """``secagg bench transport``: client -> server throughput of the ZeroMQ transport, in one run.
 
 A client in its own (spawned) process streams 16 MiB and 4 MiB payloads to the server in this
-process over TCP loopback, through :class:`secagg.fl_core.transport.ClientTransport` and
-:class:`secagg.fl_core.transport.ServerTransport` (envelope, size checks, Curve identity mapping
+process over TCP loopback, through :class:`secagg.fl_core.transport.sockets.ClientTransport` and
+:class:`secagg.fl_core.transport.sockets.ServerTransport` (envelope, size checks, Curve identity
+mapping
 included), sent zero-copy or copying, with CurveZMQ off and on. A bare pyzmq DEALER -> ROUTER
 stream (no envelope, zero-copy, no Curve) runs beside them as the same-run reference. Trials of
 the configurations are interleaved and each figure is a median; ratios compare figures from
@@ -26,8 +27,8 @@ from typing import Any
 import zmq
 
 from benchmarks._timing import machine_info, write_json
-from secagg.fl_core.keys import Allowlist, ClientKeys, CurveKeyPair
-from secagg.fl_core.transport import (
+from secagg.fl_core.identity.keys import Allowlist, ClientKeys, CurveKeyPair
+from secagg.fl_core.transport.sockets import (
     ClientTransport,
     ServerTransport,
     SocketOptions,

@@ -9,7 +9,7 @@ below imports its submodule (and with it ZeroMQ, or dp-accounting) on first use 
   :class:`SocketOptions`.
 - Keys: :class:`CurveKeyPair` (the server), :class:`ClientKeys` (a client's Curve key pair and
   Ed25519 identity, bound by a signed card), :class:`Allowlist` (the server's verified cards).
-  Key files on disk: :mod:`secagg.fl_core.keyfiles` (``secagg keygen`` writes them).
+  Key files on disk: :mod:`secagg.fl_core.identity.keyfiles` (``secagg keygen`` writes them).
 - Loops: :func:`serve` with :class:`ServerSettings` and :class:`DriverSettings` (deadlines ->
   dropouts), a :class:`ServerTask` (default :class:`FedAvgTask`) that applies each
   :class:`RoundOutcome`; :func:`run_client` with :class:`ClientSettings` and an ``update``
@@ -80,9 +80,7 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from secagg.fl_core.checkpoint import Checkpoint, CheckpointError, resume
-    from secagg.fl_core.cli import main
-    from secagg.fl_core.client_app import ClientSettings, run_client
+    from secagg.fl_core.cli.entry import main
     from secagg.fl_core.dp import (
         DpConfig,
         DpConfigError,
@@ -93,14 +91,16 @@ if TYPE_CHECKING:
         calibrate_noise_multiplier,
         clip_l2,
     )
-    from secagg.fl_core.driver import DriverSettings, RoundOutcome
     from secagg.fl_core.errors import FlCoreError, TransportError
     from secagg.fl_core.finetune.job import FinetuneJob
-    from secagg.fl_core.keys import Allowlist, ClientKeys, CurveKeyPair
-    from secagg.fl_core.rounds import limits_for, synthetic_update
-    from secagg.fl_core.server_app import ServerSettings, serve
-    from secagg.fl_core.tasks import FedAvgTask, ServerTask
-    from secagg.fl_core.transport import (
+    from secagg.fl_core.identity.keys import Allowlist, ClientKeys, CurveKeyPair
+    from secagg.fl_core.runtime.checkpoint import Checkpoint, CheckpointError, resume
+    from secagg.fl_core.runtime.client_app import ClientSettings, run_client
+    from secagg.fl_core.runtime.driver import DriverSettings, RoundOutcome
+    from secagg.fl_core.runtime.rounds import limits_for, synthetic_update
+    from secagg.fl_core.runtime.server_app import ServerSettings, serve
+    from secagg.fl_core.runtime.tasks import FedAvgTask, ServerTask
+    from secagg.fl_core.transport.sockets import (
         ClientTransport,
         ServerTransport,
         SocketOptions,
@@ -109,38 +109,38 @@ if TYPE_CHECKING:
 
 # name -> submodule that defines it (imported on first attribute access).
 _LAZY: dict[str, str] = {
-    "Allowlist": "secagg.fl_core.keys",
-    "Checkpoint": "secagg.fl_core.checkpoint",
-    "CheckpointError": "secagg.fl_core.checkpoint",
-    "ClientKeys": "secagg.fl_core.keys",
-    "ClientSettings": "secagg.fl_core.client_app",
-    "ClientTransport": "secagg.fl_core.transport",
-    "CurveKeyPair": "secagg.fl_core.keys",
+    "Allowlist": "secagg.fl_core.identity.keys",
+    "Checkpoint": "secagg.fl_core.runtime.checkpoint",
+    "CheckpointError": "secagg.fl_core.runtime.checkpoint",
+    "ClientKeys": "secagg.fl_core.identity.keys",
+    "ClientSettings": "secagg.fl_core.runtime.client_app",
+    "ClientTransport": "secagg.fl_core.transport.sockets",
+    "CurveKeyPair": "secagg.fl_core.identity.keys",
     "DpConfig": "secagg.fl_core.dp",
     "DpConfigError": "secagg.fl_core.dp",
-    "DriverSettings": "secagg.fl_core.driver",
-    "FedAvgTask": "secagg.fl_core.tasks",
+    "DriverSettings": "secagg.fl_core.runtime.driver",
+    "FedAvgTask": "secagg.fl_core.runtime.tasks",
     "FinetuneJob": "secagg.fl_core.finetune.job",
     "FlCoreError": "secagg.fl_core.errors",
     "NoiseSource": "secagg.fl_core.dp",
     "PrivacyAccountant": "secagg.fl_core.dp",
-    "RoundOutcome": "secagg.fl_core.driver",
-    "ServerSettings": "secagg.fl_core.server_app",
-    "ServerTask": "secagg.fl_core.tasks",
-    "ServerTransport": "secagg.fl_core.transport",
-    "SocketOptions": "secagg.fl_core.transport",
+    "RoundOutcome": "secagg.fl_core.runtime.driver",
+    "ServerSettings": "secagg.fl_core.runtime.server_app",
+    "ServerTask": "secagg.fl_core.runtime.tasks",
+    "ServerTransport": "secagg.fl_core.transport.sockets",
+    "SocketOptions": "secagg.fl_core.transport.sockets",
     "TransportError": "secagg.fl_core.errors",
-    "TransportLimits": "secagg.fl_core.transport",
+    "TransportLimits": "secagg.fl_core.transport.sockets",
     "add_distributed_noise": "secagg.fl_core.dp",
     "add_local_noise": "secagg.fl_core.dp",
     "calibrate_noise_multiplier": "secagg.fl_core.dp",
     "clip_l2": "secagg.fl_core.dp",
-    "limits_for": "secagg.fl_core.rounds",
-    "main": "secagg.fl_core.cli",
-    "resume": "secagg.fl_core.checkpoint",
-    "run_client": "secagg.fl_core.client_app",
-    "serve": "secagg.fl_core.server_app",
-    "synthetic_update": "secagg.fl_core.rounds",
+    "limits_for": "secagg.fl_core.runtime.rounds",
+    "main": "secagg.fl_core.cli.entry",
+    "resume": "secagg.fl_core.runtime.checkpoint",
+    "run_client": "secagg.fl_core.runtime.client_app",
+    "serve": "secagg.fl_core.runtime.server_app",
+    "synthetic_update": "secagg.fl_core.runtime.rounds",
 }
 
 __all__ = [

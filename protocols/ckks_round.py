@@ -9,9 +9,10 @@ Every client of the round holds the epoch's CKKS secret context (from
    ciphertexts by default). In active mode the upload is signed over round, sender and a hash
    of the chunks. Stage ``masked_input`` of the harness.
 2. The server checks each upload's chunks against the expected layout, context and length
-   and adds it on receipt (:class:`secagg.ckks_sum.CkksSum`, public context only). Closing the
-   stage (the driver's deadline) sends the encrypted sum and the included ids to every included
-   client. Dropouts simply leave the sum.
+   and adds it on receipt (:class:`secagg.ckks_sum.CkksSum`, public context only; or any
+   :class:`secagg.ckks_sum.SummerFactory` passed as ``summer=``, e.g. a runtime's pool of worker
+   processes: this module starts none). Closing the stage (the driver's deadline) sends the
+   encrypted sum and the included ids to every included client. Dropouts simply leave the sum.
 3. Each client decrypts, checks the exact integer decoding (``terms`` = number included,
    integer slots, lane sums within what that many inputs can reach) and decodes:
    ``client.result`` is the :class:`secagg.protocols.encoding.Aggregate` (``result.mean`` divides).
@@ -28,7 +29,7 @@ import numpy.typing as npt
 
 from secagg.ckks import CkksPublicContext, CkksSecretContext, decrypt_ints, encrypt_ints
 from secagg.ckks_layout import SlotLayout
-from secagg.ckks_sum import CkksSum
+from secagg.ckks_sum import CkksSum, Summer, SummerFactory
 from secagg.errors import CkksError, InvalidSignature
 from secagg.packing import unpack
 from secagg.protocols import labels
@@ -119,7 +120,7 @@ def encrypt_upload(
     return CkksInput(ctx.round_id, sender, tuple(chunks), sig)
 
 
-def accept_upload(ctx: RoundContext, acc: CkksSum, sender: int, msg: CkksInput) -> None:
+def accept_upload(ctx: RoundContext, acc: Summer, sender: int, msg: CkksInput) -> None:
     """Server side: check one upload (signature in active mode, then every chunk) and add it.
 
     Raises:
@@ -217,18 +218,24 @@ class CkksClient(ClientBase[RoundContext]):
 class CkksServer(ServerBase[RoundContext]):
     """The keyless server of a ``"ckks"`` round: adds uploads, returns the encrypted sum."""
 
-    def __init__(self, ctx: RoundContext, *, public: CkksPublicContext) -> None:
-        """Create the server with the epoch's public (keyless) context.
+    def __init__(
+        self, ctx: RoundContext, *, public: CkksPublicContext, summer: SummerFactory = CkksSum,
+    ) -> None:
+        """Create the server with the epoch's public (keyless) context; ``summer`` makes the
+        round's running sum (default: :class:`CkksSum`, in this process).
 
         Raises:
-            TypeError: ``ctx`` or ``public`` of the wrong type.
+            TypeError: ``ctx`` or ``public`` of the wrong type, ``summer`` not callable.
             LocalProtocolError: not a ``"ckks"`` config, or a context other than the round's.
+            Whatever ``summer`` raises when it cannot make a sum.
         """
         super().__init__(ctx, server_table_for(ctx.config))
         if ctx.config.protocol is not ProtocolKind.CKKS:
             raise LocalProtocolError("CkksServer runs protocol 'ckks' only")
+        if not callable(summer):
+            raise TypeError(f"summer must be a SummerFactory, got {type(summer).__name__}")
         self._public = check_public(ctx, public)
-        self._sum = CkksSum(public, _layout(ctx.config), count=ctx.vector_length)
+        self._sum: Summer = summer(public, _layout(ctx.config), count=ctx.vector_length)
         self.encrypted: EncryptedSum | None = None
         """The encrypted sum sent to the clients, once DONE."""
 

@@ -91,15 +91,17 @@ def release_quorum(n: int, t: int, corrupt: int) -> int:
 class _Secrets:
     """Everything secret a client holds; :meth:`wipe` drops it (best effort in Python)."""
 
-    __slots__ = ("aeads", "c_key", "held", "input", "mask_seeds", "own", "removable", "s_key",
-                 "seed")
+    __slots__ = ("c_key", "held", "input", "mask_seeds", "own", "removable", "s_key", "seed",
+                 "share_keys")
 
     def __init__(self) -> None:
         self.c_key: kex.KeyPair | None = None
         self.s_key: kex.KeyPair | None = None
         self.seed = bytearray()
         self.input: tuple[FloatVector, float] | None = None
-        self.aeads: dict[int, Aead] = {}
+        # Raw 32-byte keys, not Aead objects: an AES-GCM context holds about 2.3 kB of
+        # OpenSSL state, k of them per client from share time to relay time.
+        self.share_keys: dict[int, bytes] = {}
         self.mask_seeds: dict[int, bytes] = {}
         self.own: tuple[bytes, bytes] = (b"", b"")
         self.held: dict[int, tuple[bytes, bytes]] = {}
@@ -110,7 +112,7 @@ class _Secrets:
         self.seed = bytearray()
         self.c_key = self.s_key = None
         self.input = None
-        self.aeads.clear()
+        self.share_keys.clear()
         self.mask_seeds.clear()
         self.held.clear()
         self.removable.clear()
@@ -142,7 +144,7 @@ class SecAggClient(ClientBase[RoundContext]):
         self._identity = identity if cfg.active else None
         self._s = _Secrets()
         self._neighbours = round_graph(ctx).neighbours(client_id)
-        self._peers: dict[int, tuple[bytes, bytes]] = {}
+        self._advertised: frozenset[int] = frozenset()
         self._committed: frozenset[int] = frozenset()
         self._signed: tuple[int, ...] | None = None
 
@@ -154,7 +156,7 @@ class SecAggClient(ClientBase[RoundContext]):
     @property
     def advertised(self) -> frozenset[int]:
         """The neighbours the roster announced; this client shares with exactly these."""
-        return frozenset(self._peers)
+        return self._advertised
 
     @property
     def committed(self) -> frozenset[int]:
@@ -206,8 +208,12 @@ class SecAggClient(ClientBase[RoundContext]):
             sig = self._identity.sign(labels.advert_payload(self._ctx, self._id, c_pk, s_pk))
         return [AdvertiseKeys(self._ctx.round_id, self._id, c_pk, s_pk, sig)]
 
-    def _check_roster(self, msg: Roster) -> None:
-        """Raises RemoteProtocolError / ThresholdError unless the roster is acceptable."""
+    def _check_roster(self, msg: Roster) -> dict[int, tuple[bytes, bytes]]:
+        """The neighbours' ``(c_pk, s_pk)`` if the roster is acceptable.
+
+        Raises:
+            RemoteProtocolError, ThresholdError: it is not.
+        """
         ctx, me, s = self._ctx, self._id, self._s
         entries = {e.client_id: e for e in msg.entries}
         if me not in entries or not set(entries) <= self._neighbours | {me}:
@@ -229,30 +235,31 @@ class SecAggClient(ClientBase[RoundContext]):
                                                            e.s_public))
                 except InvalidSignature:
                     raise RemoteProtocolError("bad key signature", party=e.client_id) from None
-        self._peers = {v: (e.c_public, e.s_public) for v, e in entries.items() if v != me}
+        return {v: (e.c_public, e.s_public) for v, e in entries.items() if v != me}
 
-    def _agree_all(self) -> None:
+    def _agree_all(self, peers: dict[int, tuple[bytes, bytes]]) -> None:
         """Derive the pairwise share-encryption keys and mask seeds of every neighbour."""
         ctx, me, s = self._ctx, self._id, self._s
         assert s.c_key is not None and s.s_key is not None
         salt = labels.kex_salt(ctx)
-        for v, (c_pk, s_pk) in self._peers.items():
+        for v, (c_pk, s_pk) in peers.items():
             try:
-                key = kex.agree(s.c_key, c_pk, salt=salt,
-                                info=labels.kex_info(ctx, labels.PURPOSE_SHARE_KEY, me, v))
+                s.share_keys[v] = kex.agree(
+                    s.c_key, c_pk, salt=salt,
+                    info=labels.kex_info(ctx, labels.PURPOSE_SHARE_KEY, me, v))
                 s.mask_seeds[v] = kex.agree(
                     s.s_key, s_pk, salt=salt,
                     info=labels.kex_info(ctx, labels.PURPOSE_MASK_SEED, me, v))
             except InvalidKeyError:
                 raise RemoteProtocolError("degenerate public key", party=v) from None
-            s.aeads[v] = Aead(key)
 
     def _on_roster(self, msg: Roster) -> list[Message]:
-        self._check_roster(msg)
-        self._agree_all()
+        peers = self._check_roster(msg)
+        self._agree_all(peers)
+        self._advertised = frozenset(peers)  # the public keys are not needed any more
         ctx, me, s = self._ctx, self._id, self._s
         assert s.s_key is not None
-        holders = sorted(self._peers.keys() | {me})
+        holders = sorted(self._advertised | {me})
         xs = [h + 1 for h in holders]
         t = ctx.config.threshold
         b_shares = shamir.split(bytes(s.seed), threshold=t, xs=xs)
@@ -264,21 +271,21 @@ class SecAggClient(ClientBase[RoundContext]):
                 continue
             plaintext = struct.pack(">II", me, h) + b_sh.to_bytes() + k_sh.to_bytes()
             ad = labels.share_associated_data(ctx, me, h)
-            cts.append((h, s.aeads[h].encrypt(plaintext, ad)))
+            cts.append((h, Aead(s.share_keys[h]).encrypt(plaintext, ad)))
         return [ShareKeys(ctx.round_id, me, tuple(cts))]
 
     def _on_relay(self, msg: SharesRelay) -> list[Message]:
         ctx, me, s = self._ctx, self._id, self._s
         senders = [u for u, _ in msg.ciphertexts]
         for u in senders:
-            if u not in self._peers:
+            if u not in self._advertised:
                 raise RemoteProtocolError("shares relayed from a non-neighbour", party=u)
         if len(senders) + 1 < ctx.config.threshold:
             raise ThresholdError(f"only {len(senders)} neighbours shared their keys")
         n = shamir.SHARE_BYTES
         for u, ct in msg.ciphertexts:
             try:
-                pt = s.aeads[u].decrypt(ct, labels.share_associated_data(ctx, u, me))
+                pt = Aead(s.share_keys[u]).decrypt(ct, labels.share_associated_data(ctx, u, me))
             except InvalidCiphertext:
                 raise RemoteProtocolError("share ciphertext does not open", party=u) from None
             b_raw, k_raw = pt[8 : 8 + n], pt[8 + n :]
@@ -291,7 +298,7 @@ class SecAggClient(ClientBase[RoundContext]):
                 raise RemoteProtocolError("share addressed to another pair", party=u)
             s.held[u] = (b_raw, k_raw)
         self._committed = frozenset(senders)
-        s.aeads.clear()  # the share keys have done their job
+        s.share_keys.clear()  # the share keys have done their job
         return [self._masked_input()]
 
     def _masked_input(self) -> Message:

@@ -3,7 +3,7 @@
 A :class:`RoundContext` fixes the configuration, the round number, the vector length, the
 eligible client ids, (active mode) their Ed25519 verify keys and (CKKS protocols) the
 fingerprint of the CKKS context of the key epoch, so a round is bound to one key, and (the
-runtime) the digest of the clients' pinned policy (:mod:`secagg.fl_core.policy`), so parties
+runtime) the digest of the clients' pinned policy (:mod:`secagg.fl_core.runtime.policy`), so parties
 whose policies differ never share a round. Its SHA-256 digest is the HKDF salt of every
 pairwise key and is bound into every PRG label, AEAD associated data and signature, so nothing
 from another round, config, cohort or policy can be replayed into this one.

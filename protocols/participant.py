@@ -189,6 +189,9 @@ class ServerBase(Generic[CtxT]):
         """Every peer message this server rejected, in order (diagnostics)."""
         self.mask_words = 0
         """Keystream words this server expanded to remove masks."""
+        self.trace: Callable[[str | None], None] | None = None
+        """Optional observer, told the name of each step as it starts and None when a call
+        returns: the protocol has no clock, a caller that wants timings brings one."""
 
     @property
     def stage(self) -> ServerStage:
@@ -228,9 +231,12 @@ class ServerBase(Generic[CtxT]):
             As :meth:`receive`; undecodable bytes raise RemoteProtocolError.
         """
         self._check_sender(sender)
+        if self.trace is not None:
+            self.trace("decode")
         try:
             msg = wire.decode(data)
         except RemoteProtocolError as exc:
+            self._end_trace()
             self._reject(sender, exc, bar=True)
         self.receive(sender, msg)
 
@@ -246,6 +252,20 @@ class ServerBase(Generic[CtxT]):
         """
         if not isinstance(msg, MESSAGE_TYPES):
             raise LocalProtocolError(f"not a protocol message: {type(msg).__name__}")
+        if self.trace is None:
+            self._receive(sender, msg)
+            return
+        self.trace("accept")
+        try:
+            self._receive(sender, msg)
+        finally:
+            self._end_trace()
+
+    def _end_trace(self) -> None:
+        if self.trace is not None:
+            self.trace(None)
+
+    def _receive(self, sender: int, msg: Message) -> None:
         self._check_sender(sender)
         if sender in self._barred or sender not in self._expected:
             self._reject(sender, RemoteProtocolError("sender is not expected in stage "
@@ -291,6 +311,15 @@ class ServerBase(Generic[CtxT]):
         """
         if self._stage in (ServerStage.ABORTED, ServerStage.DONE):
             raise LocalProtocolError(f"server is {self._stage.value}")
+        if self.trace is None:
+            return self._close_stage(missing)
+        self.trace("close")
+        try:
+            return self._close_stage(missing)
+        finally:
+            self._end_trace()
+
+    def _close_stage(self, missing: Iterable[int]) -> dict[int, Message]:
         gone = set(missing)
         if gone != set(self._expected) - self._received:
             self._fail(LocalProtocolError(

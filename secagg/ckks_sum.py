@@ -11,6 +11,13 @@ several worker processes (TenSEAL holds the GIL, so threads do not help) gives e
 :class:`CkksSum` over its slice and the slice of every upload; the concatenated results are the
 full sum.
 
+The server's adding is injectable: :class:`Summer` is what a server needs from a running sum
+(``add``, ``result``, ``terms``) and :class:`SummerFactory` makes one per round (the class
+:class:`CkksSum` itself is the default, in-process factory). A runtime can provide one that
+sums in worker processes, each holding a :class:`CkksSum` over its slice and adding in two
+phases (:meth:`CkksSum.prepare` checks and loads a contribution, :meth:`CkksSum.commit` adds
+it), so that a contribution one worker refuses is added by none.
+
 Every chunk is checked against the header the expected layout, context and vector length
 dictate *before* SEAL sees it (fingerprint, position, chunk count, slot count, layout, terms = 1,
 SEAL header and exact size), and a contribution is added only once all its chunks have loaded:
@@ -23,7 +30,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import replace
-from typing import Any
+from typing import Any, Protocol
 
 from secagg._check import check_int
 from secagg.ckks import _int_header, _load_vector, _max_seal_bytes
@@ -32,7 +39,43 @@ from secagg.ckks_layout import SlotLayout
 from secagg.ckks_wire import ChunkHeader, check_seal_header, vector_proto_ciphertext
 from secagg.errors import CkksError
 
-__all__ = ["CkksSum"]
+__all__ = ["CkksSum", "LoadedContribution", "Summer", "SummerFactory"]
+
+
+class Summer(Protocol):
+    """A running sum of one round's contributions, as a CKKS server uses it.
+
+    ``add`` raises :class:`CkksError` (the contributor's fault: the sum is unchanged) or
+    ``TypeError``; a failure of the summer itself (a lost worker process) must not surface as
+    :class:`CkksError`: an implementation raises its own error from ``result`` instead.
+    """
+
+    @property
+    def terms(self) -> int:
+        """Contributions added so far."""
+
+    def add(self, cts: Sequence[bytes]) -> None:
+        """Check one contribution completely, then add it."""
+
+    def result(self) -> list[bytes]:
+        """The encrypted sum, one chunk per position."""
+
+
+class SummerFactory(Protocol):
+    """Makes the :class:`Summer` of one round (:class:`CkksSum` is one)."""
+
+    def __call__(self, pub: CkksPublicContext, layout: SlotLayout, *, count: int) -> Summer:
+        """A new, empty sum of ``count`` values under ``layout`` and ``pub``."""
+
+
+class LoadedContribution:
+    """A contribution :meth:`CkksSum.prepare` checked and loaded, not yet added."""
+
+    __slots__ = ("_owner", "_vectors")
+
+    def __init__(self, owner: CkksSum, vectors: list[Any]) -> None:
+        self._owner: CkksSum | None = owner
+        self._vectors = vectors
 
 
 class CkksSum:
@@ -86,13 +129,21 @@ class CkksSum:
         return self._terms
 
     def add(self, cts: Sequence[bytes]) -> None:
-        """Check one contribution completely, then add it.
+        """Check one contribution completely, then add it (:meth:`prepare`, :meth:`commit`).
 
         Raises:
             TypeError: ``cts`` is not a sequence of bytes.
             CkksError: wrong chunk count, a chunk from another context, position, layout or
                 vector length, not fresh (terms != 1), truncated or padded, refused by SEAL,
                 or one summand more than the layout's ``n_max``. The sum is then unchanged.
+        """
+        self.commit(self.prepare(cts))
+
+    def prepare(self, cts: Sequence[bytes]) -> LoadedContribution:
+        """Check one contribution completely and load it, without adding it yet.
+
+        Raises:
+            As :meth:`add`; the sum is unchanged either way.
         """
         if isinstance(cts, (bytes, str)) or not isinstance(cts, Sequence):
             raise TypeError("cts must be a sequence of bytes chunks")
@@ -114,15 +165,32 @@ class CkksSum:
             check_seal_header(payload, max_bytes=limit)
             parsed.append((h, payload))
         tc = self._pub.tenseal_context()
-        loaded = [_load_vector(tc, h, payload) for h, payload in parsed]
+        return LoadedContribution(self, [_load_vector(tc, h, payload) for h, payload in parsed])
+
+    def commit(self, loaded: LoadedContribution) -> None:
+        """Add a contribution :meth:`prepare` of this sum loaded (once).
+
+        Raises:
+            TypeError: ``loaded`` is not a :class:`LoadedContribution`.
+            ValueError: it was prepared by another sum, or already added.
+            CkksError: one summand more than ``n_max`` (the sum is then unchanged).
+        """
+        if not isinstance(loaded, LoadedContribution):
+            raise TypeError(f"loaded must be LoadedContribution, got {type(loaded).__name__}")
+        if loaded._owner is not self:
+            raise ValueError("contribution prepared by another sum, or already added")
+        if self._terms + 1 > self._expected[0].n_max:
+            raise CkksError(f"more than n_max={self._expected[0].n_max} contributions")
+        loaded._owner = None
         if not self._acc:
-            self._acc = loaded
+            self._acc = loaded._vectors
         else:
             try:
-                for acc, vec in zip(self._acc, loaded, strict=True):
+                for acc, vec in zip(self._acc, loaded._vectors, strict=True):
                     acc.add_(vec)
             except Exception as exc:  # pragma: no cover - loaded vectors always match
                 raise CkksError("SEAL refused the addition") from exc
+        loaded._vectors = []
         self._terms += 1
 
     def result(self) -> list[bytes]:

@@ -20,6 +20,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+
 from secagg import rng
 from secagg._check import check_bytes, check_int
 from secagg.errors import InsufficientSharesError
@@ -152,34 +154,45 @@ def split(secret: bytes, *, threshold: int, xs: Sequence[int]) -> list[Share]:
 
 
 def _lagrange_at_zero(xs: Sequence[int]) -> list[int]:
-    """Coefficients l_i with f(0) = sum(l_i * f(x_i)) for deg f < len(xs); one inversion."""
+    """Coefficients l_i with f(0) = sum(l_i * f(x_i)) for deg f < len(xs); one inversion.
+
+    ``l_i = N / e_i`` with ``N = prod_j x_j`` and ``e_i = x_i * prod_{j != i} (x_j - x_i)``.
+    The ``e_i`` (the only quadratic step) are exact integer products: for holder ids below
+    2^31 numpy multiplies the small factors in groups that fit int64, and Python finishes each
+    row with one ``math.prod``; the inverses come from one modular inversion (Montgomery).
+    """
     t = len(xs)
-    # numerator_i = prod_{j != i} x_j via prefix and suffix products.
-    prefix = [1] * (t + 1)
-    for i, x in enumerate(xs):
-        prefix[i + 1] = (prefix[i] * x) % PRIME
-    suffix = [1] * (t + 1)
-    for i in range(t - 1, -1, -1):
-        suffix[i] = (suffix[i + 1] * xs[i]) % PRIME
-    # denominator_i = prod_{j != i} (x_j - x_i): multiply small differences in chunks of 16,
-    # one reduction per chunk (O(t^2) small products; the only quadratic step).
-    dens = []
-    for xi in xs:
-        diffs = [xj - xi for xj in xs if xj != xi]
-        d = 1
-        for k in range(0, len(diffs), 16):
-            d = d * math.prod(diffs[k : k + 16]) % PRIME
-        dens.append(d)
-    # Batch inversion (Montgomery's trick): one modular inverse for all denominators.
+    n_all = 1
+    for x in xs:
+        n_all = n_all * x % PRIME
+    es = _row_products(xs)
+    # Batch inversion (Montgomery's trick): one modular inverse for all e_i.
     running = [1] * (t + 1)
-    for i, d in enumerate(dens):
-        running[i + 1] = (running[i] * d) % PRIME
-    inv = pow(running[t], -1, PRIME)
-    inv_dens = [0] * t
+    for i, e in enumerate(es):
+        running[i + 1] = (running[i] * e) % PRIME
+    inv = pow(running[t], -1, PRIME) * n_all % PRIME
+    out = [0] * t
     for i in range(t - 1, -1, -1):
-        inv_dens[i] = (inv * running[i]) % PRIME
-        inv = (inv * dens[i]) % PRIME
-    return [(prefix[i] * suffix[i + 1] % PRIME) * inv_dens[i] % PRIME for i in range(t)]
+        out[i] = (inv * running[i]) % PRIME
+        inv = (inv * es[i]) % PRIME
+    return out
+
+
+def _row_products(xs: Sequence[int]) -> list[int]:
+    """``e_i = x_i * prod_{j != i} (x_j - x_i) mod p`` for every i (never 0 for distinct xs)."""
+    t = len(xs)
+    top = max(xs, default=0)
+    if t < 8 or top >= 2**31:  # small or huge points: plain Python products
+        return [math.prod([xi, *(xj - xi for xj in xs if xj != xi)]) % PRIME for xi in xs]
+    # |x_j - x_i| and x_i are below 2^width; a group of 63 // width factors fits in int64.
+    group = max(1, 63 // top.bit_length())
+    cols = -(-t // group) * group
+    x = np.asarray(xs, dtype=np.int64)
+    d = np.ones((t, cols), dtype=np.int64)
+    np.subtract(x[None, :], x[:, None], out=d[:, :t])
+    d[np.arange(t), np.arange(t)] = x  # the diagonal carries the factor x_i
+    rows = d.reshape(t, cols // group, group).prod(axis=2).tolist()
+    return [math.prod(r) % PRIME for r in rows]
 
 
 class Reconstructor:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from secagg.fl_core import cli
+from secagg.fl_core.cli import entry as cli
 
 
 def test_help_lists_bench(capsys: pytest.CaptureFixture[str]) -> None:
@@ -35,7 +35,7 @@ def test_console_script_runs_as_module() -> None:
 
 def test_run_resume_names_a_run_and_serve_resume_stays_a_flag(
         monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    from secagg.fl_core import commands, runner
+    from secagg.fl_core.cli import commands, runner
 
     seen: list[argparse.Namespace] = []
     monkeypatch.setattr(runner, "run_main", lambda ns: seen.append(ns) or 0)

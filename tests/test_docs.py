@@ -17,7 +17,8 @@ from typing import Any
 
 import pytest
 
-from secagg.fl_core import cli, commands, runner
+from secagg.fl_core.cli import commands, runner
+from secagg.fl_core.cli import entry as cli
 from tests.test_readme import check_python_blocks
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -66,7 +67,7 @@ def test_fl_core_imports_lazily() -> None:
     code = ("import sys\nfrom secagg import fl_core\n"
             "bad = sorted(m for m in ('zmq', 'torch', 'dp_accounting') if m in sys.modules)\n"
             "assert not bad, bad\n"
-            "assert fl_core.limits_for.__module__ == 'secagg.fl_core.rounds'\n"
+            "assert fl_core.limits_for.__module__ == 'secagg.fl_core.runtime.rounds'\n"
             "assert 'zmq' in sys.modules\n"
             "assert 'limits_for' in dir(fl_core)\n"
             "try:\n    fl_core.no_such_name\nexcept AttributeError:\n    pass\n"

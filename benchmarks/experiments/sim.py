@@ -28,13 +28,13 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from secagg.fl_core.driver import RoundOutcome
 from secagg.fl_core.finetune.app import Prepared, prepare
 from secagg.fl_core.finetune.client_task import FinetuneClientTask
 from secagg.fl_core.finetune.job import FinetuneJob
 from secagg.fl_core.finetune.party import build_job_model, load_job_data
 from secagg.fl_core.finetune.privacy import resolve_dp
 from secagg.fl_core.finetune.server_task import FinetuneServerTask
+from secagg.fl_core.runtime.driver import RoundOutcome
 from secagg.protocols.config import SecAggConfig
 from secagg.protocols.harness import run_round
 

@@ -15,11 +15,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from secagg.fl_core.checkpoint import Checkpoint
 from secagg.fl_core.finetune.job import FinetuneJob
 from secagg.fl_core.finetune.party import JobData, build_job_model, load_job_data
 from secagg.fl_core.finetune.preflight import check_protocol
 from secagg.fl_core.finetune.privacy import ResolvedDp, resolve_dp
+from secagg.fl_core.runtime.checkpoint import Checkpoint
 from secagg.models import AdaptedModel
 from secagg.protocols.config import SecAggConfig
 from secagg.protocols.errors import ConfigError
@@ -47,7 +47,7 @@ def round_cohorts(protocol: str, n: int, active: bool, min_cohort: int | None
                   ) -> tuple[tuple[int, int], ...]:
     """``(m, t_m)`` for every round size ``m`` from ``min_cohort`` (default ``n``) to ``n``,
     ``t_m`` the threshold the config rule gives a round of ``m`` (what every party's policy
-    derives, :func:`secagg.fl_core.cohort.round_config_args`).
+    derives, :func:`secagg.fl_core.runtime.cohort.round_config_args`).
 
     Raises:
         ConfigError: ``min_cohort`` outside ``[2, n]``, or no valid config for some ``m``.

@@ -1,6 +1,7 @@
 """The fine-tuning job's client side: from the global weights to this party's contribution.
 
-Called once per round by :func:`secagg.fl_core.client_app.run_client` with the global adapter
+Called once per round by :func:`secagg.fl_core.runtime.client_app.run_client` with the global
+adapter
 weights the server broadcast; returns the vector the secure aggregation protocol sums (see
 :mod:`secagg.fl_core.finetune.privacy` for the four DP modes). Noise comes from a
 :class:`secagg.fl_core.dp.NoiseSource` (AES-CTR keyed from the OS CSPRNG); record sampling uses the

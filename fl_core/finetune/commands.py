@@ -1,7 +1,8 @@
 """``secagg serve`` / ``secagg client`` with a fine-tuning job (no ``--dim``).
 
 Both sides call :func:`prepare_from_args` first (load data and model, resolve DP); the server
-wraps :func:`secagg.fl_core.server_app.serve` with evaluation before and after and writes the job
+wraps :func:`secagg.fl_core.runtime.server_app.serve` with evaluation before and after and writes
+the job
 summary; the client answers rounds with its training task.
 """
 
@@ -14,13 +15,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from secagg.fl_core.checkpoint import Checkpoint
 from secagg.fl_core.finetune.app import Prepared, final_summary, prepare, write_summary
 from secagg.fl_core.finetune.cli_args import job_from_args
 from secagg.fl_core.finetune.client_task import FinetuneClientTask
 from secagg.fl_core.finetune.generate import sample_generations
 from secagg.fl_core.finetune.job import JobError
 from secagg.fl_core.finetune.server_task import FinetuneServerTask
+from secagg.fl_core.runtime.checkpoint import Checkpoint
 from secagg.models.errors import ModelsError
 from secagg.protocols.errors import ConfigError
 

@@ -13,7 +13,8 @@ the global weights before round 1 and at the end.
 
 Privacy is charged BEFORE a round can release anything: :meth:`begin_round` steps the
 accountant when the round is reserved, and the server writes that state with the reservation
-(:func:`secagg.fl_core.server_app.serve`) before any round-start message goes out. The server
+(:func:`secagg.fl_core.runtime.server_app.serve`) before any round-start message goes out. The
+server
 process sees the unmasked sum inside the round, so a crash (or a malicious server) after the
 sum but before the checkpoint must still find the round charged. Conservative: a reserved round
 counts even if it aborts. The job's ``(epsilon, delta)`` is for ``rounds`` charged rounds, so the
@@ -32,11 +33,11 @@ import numpy as np
 import numpy.typing as npt
 
 from secagg.fl_core.dp import Placement, PrivacyAccountant, Unit, released_noise
-from secagg.fl_core.driver import RoundOutcome
 from secagg.fl_core.finetune.job import FinetuneJob
 from secagg.fl_core.finetune.party import JobData
 from secagg.fl_core.finetune.privacy import ResolvedDp
 from secagg.fl_core.finetune.server_opt import ServerOptimizer
+from secagg.fl_core.runtime.driver import RoundOutcome
 from secagg.models import AdaptedModel, evaluate
 
 __all__ = ["FinetuneServerTask"]
@@ -48,7 +49,7 @@ _BETA1, _BETA2, _EPS = 0.9, 0.999, 1e-8
 
 
 class FinetuneServerTask:
-    """:class:`secagg.fl_core.tasks.ServerTask` of a fine-tuning job."""
+    """:class:`secagg.fl_core.runtime.tasks.ServerTask` of a fine-tuning job."""
 
     def __init__(self, job: FinetuneJob, model: AdaptedModel, data: JobData, dp: ResolvedDp,
                  *, cohort: int, on_eval: Callable[[dict[str, Any]], None] | None = None,

@@ -13,15 +13,42 @@ differs. :func:`secagg_mod` is the client mod, :class:`SecAggWorkflow` the serve
     +app = ClientApp(client_fn=client_fn, mods=[secagg_mod])
 
     -    fit_workflow=SecAggPlusWorkflow(num_shares=5, reconstruction_threshold=3)
-    +    fit_workflow=SecAggWorkflow("secagg+", clip=1.0)   # or "secagg", "ckks", "ckks+mask"
+    +    fit_workflow=SecAggWorkflow.from_policy("policy.toml", keys="cards/")
 
-Dropouts: a client whose ClientApp raises (Flower returns an error reply), or that does not
-answer before ``timeout``, is reported to the sans-IO server as missing at that stage; the
-round completes if at least the threshold survive. Passive mode only (no Ed25519 identities
-over Flower yet).
+Each node pins its own policy file (node config ``secagg-policy``; format and keys in
+:mod:`secagg.fl_core.flower.policy`): protocol, active mode, thresholds, fixed point, DP and
+the peers' keys come from the node's own files, never from the server. A node without one
+refuses every round unless it opts in to trusting the server (``secagg-insecure=true``,
+passive mode only, for ``SecAggWorkflow("secagg+", clip=1.0)`` without a policy).
+
+Dropouts: a client whose ClientApp raises (Flower returns an error reply), refuses the round,
+or does not answer before ``timeout`` is reported to the sans-IO server as missing at that
+stage; the round completes if at least the threshold survive.
 """
 
-from secagg.fl_core.flower.mod import flatten_arrays, secagg_mod
+from secagg.fl_core.flower.mod import flatten_arrays, secagg_mod, simulation_node_config
+from secagg.fl_core.flower.policy import (
+    NODE_INSECURE_KEY,
+    NODE_POLICY_KEY,
+    FederationPolicy,
+    NodePolicyError,
+    NoNodePolicy,
+    load_node_policy,
+)
+from secagg.fl_core.flower.privacy import PrivacyBudgetExhausted
 from secagg.fl_core.flower.workflow import FlowerRound, SecAggWorkflow
 
-__all__ = ["FlowerRound", "SecAggWorkflow", "flatten_arrays", "secagg_mod"]
+__all__ = [
+    "NODE_INSECURE_KEY",
+    "NODE_POLICY_KEY",
+    "FederationPolicy",
+    "FlowerRound",
+    "NoNodePolicy",
+    "NodePolicyError",
+    "PrivacyBudgetExhausted",
+    "SecAggWorkflow",
+    "flatten_arrays",
+    "load_node_policy",
+    "secagg_mod",
+    "simulation_node_config",
+]

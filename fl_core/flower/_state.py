@@ -26,7 +26,7 @@ from secagg.protocols import labels
 from secagg.protocols.client import SecAggClient
 from secagg.protocols.config import SecAggConfig
 from secagg.protocols.errors import RemoteProtocolError
-from secagg.sign import SigningKey
+from secagg.sign import SigningKey, VerifyKey
 
 __all__ = [
     "CONFIG_FIELDS", "RECORD", "STATE", "config_from_json", "config_to_json", "dumps_state",
@@ -100,6 +100,7 @@ class _AeadStub:
 _REDUCERS: dict[type, Callable[[Any], tuple[Any, tuple[Any, ...]]]] = {
     KeyPair: lambda k: (KeyPair.from_private_bytes, (k.private_bytes(),)),
     SigningKey: lambda k: (SigningKey.from_private_bytes, (k.private_bytes(),)),
+    VerifyKey: lambda k: (VerifyKey.from_bytes, (k.to_bytes(),)),  # active-mode contexts
     CkksSecretContext: lambda c: (CkksSecretContext.from_bytes, (c.serialize_secret(),)),
     CkksPublicContext: lambda c: (CkksPublicContext.from_bytes, (c.to_bytes(),)),
     Aead: lambda _: (_AeadStub, ()),
@@ -107,21 +108,24 @@ _REDUCERS: dict[type, Callable[[Any], tuple[Any, tuple[Any, ...]]]] = {
 
 
 def _rederive_share_keys(client: SecAggClient) -> None:
-    """Rebuild the pairwise share-encryption keys exactly as ``SecAggClient`` derived them
-    (X25519 of its ``c`` key and the peer's advertised one, same salt and info labels)."""
+    """Rebuild pairwise share-encryption ``Aead`` objects exactly as ``SecAggClient`` derived
+    them (X25519 of its ``c`` key and the peer's advertised one, same salt and info labels).
+    Only for a client that holds ``Aead`` objects (older layouts); one that keeps raw share
+    keys pickles as is."""
     s = client._s
-    stale = [v for v, a in s.aeads.items() if isinstance(a, _AeadStub)]
+    aeads: dict[int, Any] = getattr(s, "aeads", None) or {}
+    stale = [v for v, a in aeads.items() if isinstance(a, _AeadStub)]
     if not stale:
         return
     ctx = client._ctx
     if s.c_key is None:
         raise RemoteProtocolError("client state lost its key")
+    peers = getattr(client, "_peers", {})
     salt = labels.kex_salt(ctx)
     for v in stale:
-        c_pk = client._peers[v][0]
-        key = kex.agree(s.c_key, c_pk, salt=salt, info=labels.kex_info(
+        key = kex.agree(s.c_key, peers[v][0], salt=salt, info=labels.kex_info(
             ctx, labels.PURPOSE_SHARE_KEY, client.client_id, v))
-        s.aeads[v] = Aead(key)
+        aeads[v] = Aead(key)
 
 
 def dumps_state(obj: object) -> bytes:

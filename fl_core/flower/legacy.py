@@ -9,7 +9,8 @@ it back to the global model.
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Any, cast
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 import flwr.compat.common.recorddict_compat as compat
 from flwr.common import FitRes, ndarrays_to_parameters, parameters_to_ndarrays
@@ -17,17 +18,30 @@ from flwr.server.workflow.constant import MAIN_CONFIGS_RECORD, MAIN_PARAMS_RECOR
 from flwr.server.workflow.constant import Key as WorkflowKey
 from flwr.serverapp import Grid
 
-from secagg.protocols.errors import RemoteProtocolError, ThresholdError
+from secagg.fl_core.flower.privacy import PrivacyBudgetExhausted
+from secagg.protocols.errors import ConfigError, RemoteProtocolError, ThresholdError
 
 if TYPE_CHECKING:
-    from secagg.fl_core.flower.workflow import SecAggWorkflow
+    from flwr.app import RecordDict
 
-__all__ = ["legacy_fit_round"]
+    from secagg.fl_core.flower.result import FlowerRound
+
+__all__ = ["RoundRunner", "legacy_fit_round"]
 
 log = logging.getLogger(__name__)
 
 
-def legacy_fit_round(wf: SecAggWorkflow, grid: Grid, context: Any) -> bool:
+class RoundRunner(Protocol):
+    """What the glue needs of a workflow (:class:`~secagg.fl_core.flower.SecAggWorkflow`):
+    one secure round over given nodes. A protocol, so this module never imports the workflow
+    (the workflow imports it)."""
+
+    def run_round(self, grid: Grid, fit: Mapping[int, RecordDict], *, round_id: int,
+                  ) -> FlowerRound:
+        """One round over the nodes that are the keys of ``fit``."""
+
+
+def legacy_fit_round(wf: RoundRunner, grid: Grid, context: Any) -> bool:
     """Run one fit round; return False if the round did not aggregate (too few survivors,
     no sum known to the server)."""
     cfg = context.state.config_records[MAIN_CONFIGS_RECORD]
@@ -42,7 +56,9 @@ def legacy_fit_round(wf: SecAggWorkflow, grid: Grid, context: Any) -> bool:
     fit = {p.node_id: compat.fitins_to_recorddict(ins, True) for p, ins in pairs}
     try:
         res = wf.run_round(grid, fit, round_id=current_round)
-    except (ThresholdError, RemoteProtocolError) as exc:
+    except (ThresholdError, RemoteProtocolError, ConfigError, PrivacyBudgetExhausted) as exc:
+        # too few survivors or identified nodes, a cohort the policy does not allow, the
+        # privacy budget spent (PrivacyBudgetExhausted): the global model stays as it was
         log.warning("round %d halted: %s", current_round, exc)
         return False
     mean = res.mean

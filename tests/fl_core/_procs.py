@@ -10,10 +10,10 @@ from pathlib import Path
 
 import zmq
 
-from secagg.fl_core.envelope import Envelope
 from secagg.fl_core.errors import TransportError
-from secagg.fl_core.keyfiles import client_paths, load_client_keys, load_server_public
-from secagg.fl_core.transport import ClientTransport, SocketOptions, TransportLimits
+from secagg.fl_core.identity.keyfiles import client_paths, load_client_keys, load_server_public
+from secagg.fl_core.transport.envelope import Envelope
+from secagg.fl_core.transport.sockets import ClientTransport, SocketOptions, TransportLimits
 
 WAIT_MS = 8_000
 OPTIONS = SocketOptions(reconnect_ivl_ms=50, reconnect_ivl_max_ms=200, send_timeout_ms=2_000,

@@ -11,8 +11,8 @@ from dataclasses import dataclass
 import pytest
 import zmq
 
-from secagg.fl_core.keys import Allowlist, ClientKeys, CurveKeyPair
-from secagg.fl_core.transport import (
+from secagg.fl_core.identity.keys import Allowlist, ClientKeys, CurveKeyPair
+from secagg.fl_core.transport.sockets import (
     ClientTransport,
     ServerTransport,
     SocketOptions,

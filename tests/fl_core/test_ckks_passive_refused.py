@@ -11,9 +11,9 @@ from typing import Any
 import numpy as np
 import pytest
 
-from secagg.fl_core.client_app import ClientSettings, _Session
-from secagg.fl_core.commands import config_args
-from secagg.fl_core.keys import ClientKeys
+from secagg.fl_core.cli.commands import config_args
+from secagg.fl_core.identity.keys import ClientKeys
+from secagg.fl_core.runtime.client_app import ClientSettings, _Session
 
 pytest.importorskip("tenseal")
 

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from secagg.fl_core import cli, keyfiles
+from secagg.fl_core.cli import entry as cli
+from secagg.fl_core.identity import keyfiles
 
 
 def _mode(p: Path) -> int:

@@ -9,7 +9,8 @@ from typing import Any
 
 import pytest
 
-from secagg.fl_core import cli, commands, config_file, runner
+from secagg.fl_core.cli import commands, config_file, runner
+from secagg.fl_core.cli import entry as cli
 
 FILE = """
 protocol = "secagg"

@@ -9,7 +9,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from secagg.errors import SecAggError
-from secagg.fl_core.envelope import (
+from secagg.fl_core.errors import EnvelopeError
+from secagg.fl_core.transport.envelope import (
     ENVELOPE_VERSION,
     HEADER_BYTES,
     MAGIC,
@@ -18,7 +19,6 @@ from secagg.fl_core.envelope import (
     check_frames,
     decode_header,
 )
-from secagg.fl_core.errors import EnvelopeError
 from secagg.protocols.context import MAX_CLIENT_ID, MAX_ROUND_ID
 
 HEAD = struct.Struct(">2sBBQIQ")

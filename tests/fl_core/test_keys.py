@@ -12,9 +12,15 @@ import pytest
 import zmq
 
 from secagg.errors import InvalidKeyError, SecAggError
-from secagg.fl_core import keyfiles
 from secagg.fl_core.errors import InsecureKeyFile, KeyBindingError, KeyFileError, KeyFileExists
-from secagg.fl_core.keys import Allowlist, ClientCard, ClientKeys, CurveKeyPair, binding_message
+from secagg.fl_core.identity import keyfiles
+from secagg.fl_core.identity.keys import (
+    Allowlist,
+    ClientCard,
+    ClientKeys,
+    CurveKeyPair,
+    binding_message,
+)
 from secagg.sign import SigningKey
 
 

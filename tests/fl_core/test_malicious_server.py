@@ -2,7 +2,8 @@
 cohorts and round-id grinding are refused before any secret is used (DESIGN part 6).
 
 The adversary is code: it crafts :class:`RoundStart` and CKKS ``keys`` messages and sends them
-to the real client session (:class:`secagg.fl_core.client_app._Session`, whose ``on_start`` /
+to the real client session (:class:`secagg.fl_core.runtime.client_app._Session`, whose ``on_start``
+/
 ``on_keys`` are what ``run_client`` calls), once over a real CurveZMQ loopback socket against
 ``run_client`` itself. Every refusal must be a :class:`PolicyMismatch` naming the field, and the
 client's update must never be computed nor anything sent at a protocol stage. Then an honest
@@ -25,15 +26,15 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
-from secagg.fl_core import client_app
-from secagg.fl_core import driver as driver_module
-from secagg.fl_core.client_app import ClientSettings, run_client
-from secagg.fl_core.driver import DriverSettings, RoundDriver
-from secagg.fl_core.keys import Allowlist, ClientKeys, CurveKeyPair
-from secagg.fl_core.policy import ClientPolicy, PolicyMismatch, policy_document
-from secagg.fl_core.rounds import CONTROL, RoundStart, control_message, limits_for
-from secagg.fl_core.server_app import ServerSettings, serve
-from secagg.fl_core.transport import ClientTransport, ServerTransport
+from secagg.fl_core.identity.keys import Allowlist, ClientKeys, CurveKeyPair
+from secagg.fl_core.runtime import client_app
+from secagg.fl_core.runtime import driver as driver_module
+from secagg.fl_core.runtime.client_app import ClientSettings, run_client
+from secagg.fl_core.runtime.driver import DriverSettings, RoundDriver
+from secagg.fl_core.runtime.policy import ClientPolicy, PolicyMismatch, policy_document
+from secagg.fl_core.runtime.rounds import CONTROL, RoundStart, control_message, limits_for
+from secagg.fl_core.runtime.server_app import ServerSettings, serve
+from secagg.fl_core.transport.sockets import ClientTransport, ServerTransport
 from secagg.protocols.config import SecAggConfig
 from secagg.protocols.context import RoundContext
 from secagg.sign import SigningKey

@@ -18,10 +18,10 @@ from typing import Any
 import numpy as np
 import pytest
 
-from secagg.fl_core import keyfiles, keys
-from secagg.fl_core.checkpoint import resume
-from secagg.fl_core.rounds import STAGE_NUMBERS, synthetic_update
-from secagg.fl_core.server_app import encsum_path
+from secagg.fl_core.identity import keyfiles, keys
+from secagg.fl_core.runtime.checkpoint import resume
+from secagg.fl_core.runtime.rounds import STAGE_NUMBERS, synthetic_update
+from secagg.fl_core.runtime.server_app import encsum_path
 from secagg.protocols.transitions import ServerStage
 from tests.fl_core.test_runtime_processes import free_port
 

@@ -26,9 +26,9 @@ import numpy as np
 import pytest
 import zmq
 
-from secagg.fl_core import keyfiles, keys
-from secagg.fl_core.envelope import Envelope
-from secagg.fl_core.rounds import limits_for, synthetic_update
+from secagg.fl_core.identity import keyfiles, keys
+from secagg.fl_core.runtime.rounds import limits_for, synthetic_update
+from secagg.fl_core.transport.envelope import Envelope
 
 pytestmark = pytest.mark.slow
 

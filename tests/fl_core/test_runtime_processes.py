@@ -15,9 +15,9 @@ from typing import Any
 import numpy as np
 import pytest
 
-from secagg.fl_core import keyfiles, keys
-from secagg.fl_core.checkpoint import resume
-from secagg.fl_core.rounds import synthetic_update
+from secagg.fl_core.identity import keyfiles, keys
+from secagg.fl_core.runtime.checkpoint import resume
+from secagg.fl_core.runtime.rounds import synthetic_update
 from tests.fl_core._reap import reap
 
 pytestmark = pytest.mark.slow

@@ -17,10 +17,10 @@ from typing import Any
 import numpy as np
 import pytest
 
-from secagg.fl_core import keyfiles, keys
-from secagg.fl_core.driver import DriverSettings, RoundDriver
-from secagg.fl_core.rounds import CONTROL, control_message, limits_for, synthetic_update
-from secagg.fl_core.transport import ServerTransport
+from secagg.fl_core.identity import keyfiles, keys
+from secagg.fl_core.runtime.driver import DriverSettings, RoundDriver
+from secagg.fl_core.runtime.rounds import CONTROL, control_message, limits_for, synthetic_update
+from secagg.fl_core.transport.sockets import ServerTransport
 from secagg.protocols.errors import ConfigError
 from tests.fl_core._reap import reap
 from tests.fl_core.test_runtime_processes import free_port
@@ -29,8 +29,8 @@ PY = [sys.executable, "-m", "secagg.fl_core.cli"]
 TOL = 1e-3
 _CLIENT = """
 import sys, time
-from secagg.fl_core.rounds import limits_for, control_message
-from secagg.fl_core.transport import ClientTransport
+from secagg.fl_core.runtime.rounds import limits_for, control_message
+from secagg.fl_core.transport.sockets import ClientTransport
 t = ClientTransport(sys.argv[1], client_id=7, limits=limits_for(4, 8), insecure=True)
 t.wait_ready(10_000)
 t.send(0, 0, control_message("hello"))

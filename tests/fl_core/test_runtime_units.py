@@ -8,10 +8,10 @@ from typing import Any
 import numpy as np
 import pytest
 
-from secagg.fl_core.checkpoint import Checkpoint, CheckpointError, resume, write_atomic
-from secagg.fl_core.cli import main
+from secagg.fl_core.cli.entry import main
 from secagg.fl_core.errors import EnvelopeError
-from secagg.fl_core.rounds import (
+from secagg.fl_core.runtime.checkpoint import Checkpoint, CheckpointError, resume, write_atomic
+from secagg.fl_core.runtime.rounds import (
     CONTROL,
     RoundStart,
     control_message,

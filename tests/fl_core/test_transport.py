@@ -9,7 +9,6 @@ from collections.abc import Callable
 import pytest
 import zmq
 
-from secagg.fl_core.envelope import SERVER_SENDER, Envelope
 from secagg.fl_core.errors import (
     AuthenticationRejected,
     HandshakeFailed,
@@ -18,8 +17,14 @@ from secagg.fl_core.errors import (
     TransportError,
     TransportTimeout,
 )
-from secagg.fl_core.keys import CurveKeyPair
-from secagg.fl_core.transport import ClientTransport, DropReason, ServerTransport, TransportLimits
+from secagg.fl_core.identity.keys import CurveKeyPair
+from secagg.fl_core.transport.envelope import SERVER_SENDER, Envelope
+from secagg.fl_core.transport.sockets import (
+    ClientTransport,
+    DropReason,
+    ServerTransport,
+    TransportLimits,
+)
 from tests.fl_core.conftest import (
     ANY_PORT,
     FAST,
@@ -71,7 +76,7 @@ def test_large_payloads_zero_copy_or_not(
 def test_insecure_round_trip_warns_loudly(
     closing: list, caplog: pytest.LogCaptureFixture
 ) -> None:
-    with caplog.at_level(logging.WARNING, logger="secagg.fl_core.transport"):
+    with caplog.at_level(logging.WARNING, logger="secagg.fl_core.transport.sockets"):
         srv, cli = _insecure_pair(closing)
     banners = [r for r in caplog.records if "INSECURE TRANSPORT" in r.getMessage()]
     assert len(banners) == 2 and all(r.levelno == logging.WARNING for r in banners)
@@ -213,7 +218,7 @@ def test_garbage_is_dropped_and_logged_while_others_are_served(
         [Envelope(1, 1, 1, 5000).encode(), b"x" * 5000],  # over the stage-1 limit (4096)
         [Envelope(1, 1, 1, 2**40).encode(), b"x"],  # declares far more than the limit
     ]
-    with caplog.at_level(logging.WARNING, logger="secagg.fl_core.transport"):
+    with caplog.at_level(logging.WARNING, logger="secagg.fl_core.transport.sockets"):
         for frames in garbage:
             bad.send_multipart(frames)
         good.send(1, 1, b"fine")

@@ -7,7 +7,7 @@ import pickle
 
 import pytest
 
-from secagg.fl_core._transport_common import (
+from secagg.fl_core.transport.common import (
     MIN_MESSAGE_BYTES,
     DropLog,
     DropReason,

@@ -6,7 +6,7 @@ from __future__ import annotations
 import socket
 from collections.abc import Callable
 
-from secagg.fl_core.transport import ClientTransport, ServerTransport
+from secagg.fl_core.transport.sockets import ClientTransport, ServerTransport
 from tests.fl_core.conftest import (
     ANY_PORT,
     FAST,

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from secagg.fl_core import cli
-from secagg.fl_core.keyfiles import load_allowlist, load_server_keys, server_paths
-from secagg.fl_core.transport import DropReason, ServerTransport
+from secagg.fl_core.cli import entry as cli
+from secagg.fl_core.identity.keyfiles import load_allowlist, load_server_keys, server_paths
+from secagg.fl_core.transport.sockets import DropReason, ServerTransport
 from tests.fl_core import _procs
 from tests.fl_core.conftest import ANY_PORT, FAST, LIMITS
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import socket
 from pathlib import Path
 
-from secagg.fl_core import keyfiles, keys
+from secagg.fl_core.identity import keyfiles, keys
 
 
 def write_keys(key_dir: Path, clients: int) -> None:

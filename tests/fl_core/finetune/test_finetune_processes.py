@@ -13,8 +13,8 @@ from typing import Any
 
 import pytest
 
-from secagg.fl_core.checkpoint import resume
 from secagg.fl_core.finetune.job import FinetuneJob
+from secagg.fl_core.runtime.checkpoint import resume
 from secagg.protocols.config import SecAggConfig
 from tests.fl_core._reap import reap
 from tests.fl_core.finetune._procs import free_port, write_keys

@@ -9,12 +9,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from secagg.fl_core.checkpoint import Checkpoint
 from secagg.fl_core.dp import Placement, Unit
 from secagg.fl_core.finetune.cli_args import add_job_args, job_from_args
 from secagg.fl_core.finetune.job import FinetuneJob, JobError
 from secagg.fl_core.finetune.privacy import resolve_dp
 from secagg.fl_core.finetune.report import time_split
+from secagg.fl_core.runtime.checkpoint import Checkpoint
 from secagg.protocols.config import SecAggConfig
 
 SIZES = (2400, 2300, 2500, 2300)
@@ -246,10 +246,10 @@ def test_a_round_released_before_its_checkpoint_is_still_charged(
     from types import SimpleNamespace
     from typing import Any
 
-    from secagg.fl_core import server_app
-    from secagg.fl_core.checkpoint import resume
-    from secagg.fl_core.driver import RoundOutcome
     from secagg.fl_core.finetune.server_task import FinetuneServerTask
+    from secagg.fl_core.runtime import server_app
+    from secagg.fl_core.runtime.checkpoint import resume
+    from secagg.fl_core.runtime.driver import RoundOutcome
 
     dim, rounds = 6, 3
     job = FinetuneJob(rounds=rounds, epsilon=None, noise_multiplier=1.0)
@@ -281,7 +281,7 @@ def test_a_round_released_before_its_checkpoint_is_still_charged(
 
     monkeypatch.setattr(server_app, "RoundDriver", Driver)
     monkeypatch.setattr(server_app, "_maybe_crash", crash)
-    monkeypatch.setattr("secagg.fl_core.server_app.time.sleep", lambda s: None)
+    monkeypatch.setattr("secagg.fl_core.runtime.server_app.time.sleep", lambda s: None)
     path = tmp_path / "ckpt"
     transport = SimpleNamespace(allowlist=None)
     settings = server_app.ServerSettings(config_args={}, dim=dim, rounds=rounds,

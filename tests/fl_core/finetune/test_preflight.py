@@ -13,10 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from secagg.fl_core.checkpoint import Checkpoint, resume, write_atomic
+from secagg.fl_core.cli.run_folder import RUNS_ROOT
 from secagg.fl_core.finetune import preflight
 from secagg.fl_core.finetune.job import FinetuneJob, JobError
-from secagg.fl_core.run_folder import RUNS_ROOT
+from secagg.fl_core.runtime.checkpoint import Checkpoint, resume, write_atomic
 
 PY = [sys.executable, "-m", "secagg.fl_core.cli"]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}

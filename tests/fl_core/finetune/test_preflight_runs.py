@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from secagg.fl_core.checkpoint import resume
-from secagg.fl_core.run_folder import RUNS_ROOT
+from secagg.fl_core.cli.run_folder import RUNS_ROOT
+from secagg.fl_core.runtime.checkpoint import resume
 from tests.fl_core.finetune.test_preflight import secagg_run
 
 pytestmark = pytest.mark.slow

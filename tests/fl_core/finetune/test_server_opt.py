@@ -16,13 +16,13 @@ from typing import Any
 import numpy as np
 import pytest
 
-from secagg.fl_core.checkpoint import Checkpoint, resume, write_atomic
-from secagg.fl_core.driver import RoundOutcome
 from secagg.fl_core.finetune.cli_args import add_job_args, job_from_args
 from secagg.fl_core.finetune.job import FinetuneJob, JobError
 from secagg.fl_core.finetune.privacy import resolve_dp
 from secagg.fl_core.finetune.server_opt import ServerOptimizer
 from secagg.fl_core.finetune.server_task import FinetuneServerTask
+from secagg.fl_core.runtime.checkpoint import Checkpoint, resume, write_atomic
+from secagg.fl_core.runtime.driver import RoundOutcome
 
 NONE: dict[str, Any] = {"dp": "none", "epsilon": None}
 

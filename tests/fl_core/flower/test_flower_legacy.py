@@ -1,12 +1,14 @@
 """A classic Flower app (NumPyClient + FedAvg + DefaultWorkflow) switched to our SecAgg by
-the two lines of :mod:`secagg.fl_core.flower`'s docstring, under the Ray simulation engine: the
-global
-model after each round is the mean of the surviving clients' updates; in round 2 one client's
+the two lines of :mod:`secagg.fl_core.flower`'s docstring, under the Ray simulation engine, in
+active mode: each node pins its own policy file and key folder (node config
+``secagg-policy``), the workflow reads the same policy and the allowlist. The global model
+after each round is the mean of the surviving clients' updates; in round 2 one client's
 ``fit`` raises (it drops at the first stage and is left out)."""
 
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import Any
 
 import flwr.compat.common.recorddict_compat as compat
@@ -20,7 +22,14 @@ from flwr.server.workflow import DefaultWorkflow
 from flwr.server.workflow.constant import MAIN_PARAMS_RECORD
 from flwr.simulation import run_simulation
 
-from secagg.fl_core.flower import SecAggWorkflow, secagg_mod
+from secagg.fl_core.flower import (
+    NODE_POLICY_KEY,
+    SecAggWorkflow,
+    secagg_mod,
+    simulation_node_config,
+)
+
+from ._nodes import federation
 
 N, SHAPES, ROUNDS, FAILS = 4, [(3, 5), (7,)], 2, (2, 1)
 """Clients, model layout, rounds, (round, partition) whose fit raises."""
@@ -50,14 +59,20 @@ SEEN: list[list[np.ndarray]] = []
 
 
 @pytest.mark.slow
-def test_fedavg_app_with_our_secagg() -> None:
+def test_fedavg_app_with_our_secagg(tmp_path: Path) -> None:
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    dim = sum(int(np.prod(s)) for s in SHAPES)
+    fed = federation(tmp_path, range(1, N + 1),
+                     {"protocol": "secagg", "n": N, "min_cohort": N - 1, "clip": 1.0,
+                      "dim": dim})
+    node_config = simulation_node_config(by_partition={
+        cid - 1: {NODE_POLICY_KEY: str(path)} for cid, path in fed.policies.items()})
     strategy = FedAvg(fraction_fit=1.0, fraction_evaluate=0.0, min_fit_clients=N,
                       min_available_clients=N, accept_failures=True,
                       on_fit_config_fn=lambda r: {"server_round": r},
                       initial_parameters=ndarrays_to_parameters(
                           [np.zeros(s, np.float32) for s in SHAPES]))
-    fit = SecAggWorkflow("secagg", clip=1.0, timeout=60.0)
+    fit = SecAggWorkflow.from_policy(fed.server_policy, keys=fed.cards, timeout=60.0)
 
     def recording_fit(grid: Any, context: Any) -> None:
         fit(grid, context)
@@ -73,8 +88,8 @@ def test_fedavg_app_with_our_secagg() -> None:
                                strategy=strategy)
         DefaultWorkflow(fit_workflow=recording_fit)(grid, legacy)
 
-    run_simulation(server_app=server_app, client_app=ClientApp(client_fn=client_fn,
-                                                               mods=[secagg_mod]),
+    run_simulation(server_app=server_app,
+                   client_app=ClientApp(client_fn=client_fn, mods=[node_config, secagg_mod]),
                    num_supernodes=N,
                    backend_config={"client_resources": {"num_cpus": 1, "num_gpus": 0.0},
                                    "init_args": {"num_cpus": 2, "num_gpus": 0,

@@ -3,6 +3,10 @@
 One ``run_simulation`` drives several rounds (Ray start-up is paid once): secagg+ with every
 client, secagg+ with a client that raises at the masked-input stage, ckks (key setup first)
 and ckks+mask. Each round's aggregate must equal the plaintext sum of the survivors.
+
+The nodes here have no policy file: they opt in to trusting the server
+(``secagg-insecure``), the passive path of an unpinned ``SecAggWorkflow``. Pinned nodes in
+active mode over the same engine: ``test_flower_legacy.py`` and ``test_flower_dp.py``.
 """
 
 from __future__ import annotations
@@ -19,7 +23,12 @@ from flwr.clientapp.typing import ClientAppCallable
 from flwr.serverapp import Grid, ServerApp
 from flwr.simulation import run_simulation
 
-from secagg.fl_core.flower import SecAggWorkflow, secagg_mod
+from secagg.fl_core.flower import (
+    NODE_INSECURE_KEY,
+    SecAggWorkflow,
+    secagg_mod,
+    simulation_node_config,
+)
 from secagg.fl_core.flower._state import RECORD
 from secagg.protocols.errors import ThresholdError
 
@@ -49,7 +58,8 @@ def fail_mod(msg: Message, ctxt: Context, call_next: ClientAppCallable) -> Messa
     return call_next(msg, ctxt)
 
 
-client_app = ClientApp(mods=[fail_mod, secagg_mod])
+client_app = ClientApp(mods=[simulation_node_config({NODE_INSECURE_KEY: True}), fail_mod,
+                             secagg_mod])
 
 
 @client_app.train()

@@ -1,0 +1,419 @@
+"""The client loop: connect, say hello, wait for a round start, run the sans-IO client.
+
+A client keeps only its identity keys on disk (the key files ``secagg keygen`` wrote); the
+protocol participant of a round, with its masks and shares, lives in memory and is dropped
+when the round ends, aborts or a newer round starts. While idle it sends a hello heartbeat
+every ``heartbeat_s``, so after a network blip (ZeroMQ reconnects by itself) the server
+learns its new route. It never takes part twice in one round id, nor in an older one.
+
+Policy (:mod:`secagg.fl_core.runtime.policy`): with a
+:class:`secagg.fl_core.runtime.policy.ClientPolicy` (the
+CLI always builds one from the client's own flags, job and key folder) every round start and
+CKKS ``keys`` message is checked against it before any secret is used: the protocol, mode,
+``k``/``t`` inputs, fixed point, cohort size, ``dim``, DP mechanism and the peers' verify keys
+must be the client's own, and round ids may not run ahead faster than the policy's rate
+(:class:`secagg.fl_core.runtime.policy.RoundClock`). A mismatch is logged with the field it concerns
+(:class:`secagg.fl_core.runtime.policy.PolicyMismatch`) and the client sits the round out, sending
+nothing. The round's context is built from the client's own values, its policy digest
+included. Without a policy (``policy=None``, the library API) the client takes the server's
+parameters as sent; that trusts the server and is logged.
+
+Restarts: the transport refuses a sender's round ids older than one already seen, so a
+client process restarted mid-federation must start from its last round id. With
+``state_file`` it keeps that one public number there (written atomically at each round
+start; its modification time is when the round-id rate limit counts from after a restart),
+which also stops it from ever answering a round id twice across restarts. Nothing secret is
+ever written.
+
+``update(round_id, global_state) -> vector`` provides the client's contribution (local
+training in issue 6; :func:`secagg.fl_core.runtime.rounds.synthetic_update` by default).
+
+CKKS: a ``keys`` control message starts a key setup session
+(:class:`secagg.protocols.keysetup.KeySetupClient`) under that round id; the epoch's secret context
+stays in memory only (never on disk) and is replaced by the next epoch's. The client decrypts
+each round's encrypted sum itself and adds the decoded mean to its own copy of the model (the
+server holds none); ``aggregates_file`` (optional) records, per round, the decoded sum and the
+included ids as JSON lines (it is what the client learns anyway). When a round start carries
+no state (CKKS, or a server with ``--no-state-broadcast``) the update gets the client's own
+model copy.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+
+import numpy as np
+import numpy.typing as npt
+
+from secagg.fl_core.errors import EnvelopeError, TransportError
+from secagg.fl_core.identity.keys import ClientKeys
+from secagg.fl_core.runtime.policy import ClientPolicy, PolicyMismatch, RoundClock, policy_digest
+from secagg.fl_core.runtime.rounds import (
+    CONTROL,
+    RoundStart,
+    control_message,
+    parse_control,
+    synthetic_update,
+)
+from secagg.fl_core.transport.sockets import ClientTransport
+from secagg.protocols.client import SecAggClient
+from secagg.protocols.config import SecAggConfig
+from secagg.protocols.context import RoundContext
+from secagg.protocols.encoding import Aggregate
+from secagg.protocols.epoch import EpochContext
+from secagg.protocols.errors import ProtocolError
+from secagg.protocols.harness import create_client
+from secagg.protocols.participant import ClientBase
+from secagg.protocols.wire import encode
+from secagg.sign import VerifyKey
+
+if TYPE_CHECKING:  # CKKS is an extra (TenSEAL)
+    from secagg.ckks import CkksSecretContext
+    from secagg.protocols.keysetup import KeySetupClient
+
+__all__ = ["ClientSettings", "RoundAwareUpdate", "UpdateFn", "run_client"]
+
+log = logging.getLogger("secagg.fl_core.client")
+
+UpdateFn = Callable[[int, npt.NDArray[np.float64]], npt.NDArray[np.float64]]
+
+
+@runtime_checkable
+class RoundAwareUpdate(Protocol):
+    """An update that adds exact distributed noise: it needs the round's size and threshold
+    (from the client's own policy) and returns the seeds of its removable noise, which the
+    SecAgg client releases once the survivors are known (:mod:`secagg.fl_core.dp.exact`)."""
+
+    def __call__(self, round_id: int, state: npt.NDArray[np.float64]
+                 ) -> npt.NDArray[np.float64]:
+        """The contribution without a round context (threshold design)."""
+        ...
+
+    def for_round(self, round_id: int, state: npt.NDArray[np.float64], *, n: int, t: int
+                  ) -> tuple[npt.NDArray[np.float64], dict[int, bytes] | None]:
+        """The contribution to a round of ``n`` clients with threshold ``t``, and its
+        removable noise seeds (None: none)."""
+        ...
+
+
+@dataclass
+class ClientSettings:
+    """Loop settings. ``idle_timeout_s``: give up after this long without hearing from the
+    server. ``crash_at`` / ``replay``: test hooks (kill -9 on receiving ``"stage:ROUND"``, or
+the round start of round R with ``"start:R"``;
+    resend the first protocol message of round 1 at the start of round 2)."""
+
+    heartbeat_s: float = 1.0
+    idle_timeout_s: float = 120.0
+    crash_at: str | None = None
+    replay: bool = False
+    state_file: Path | None = None
+    aggregates_file: Path | None = None
+    stats_file: Path | None = None
+    """Appends one JSON line per finished round: seconds in ``update`` (training) and in the
+    protocol participant (masking, key agreement, sharing, unmasking)."""
+    stall_hello_s: float = 5.0
+    """Say hello even inside a round after this long without a word from the server."""
+
+
+class _Session:
+    def __init__(self, transport: ClientTransport, keys: ClientKeys | None,
+                 update: UpdateFn, settings: ClientSettings,
+                 policy: ClientPolicy | None = None) -> None:
+        self.policy = policy
+        self.clock = RoundClock(policy.round_burst if policy else 1,
+                                policy.min_round_interval_s if policy else 1.0)
+        self.refused: list[PolicyMismatch] = []
+        self.t = transport
+        self.keys = keys
+        self.update = update
+        self.settings = settings
+        self.last_round = 0
+        self.participant: ClientBase[Any] | None = None
+        self.rounds_done = 0
+        self.first_sent: tuple[int, int, bytes] | None = None
+        self.keysetup: KeySetupClient | None = None
+        self.keysetup_round = 0
+        self.secret: CkksSecretContext | None = None
+        self.model: npt.NDArray[np.float64] | None = None
+        self.timing: dict[str, float] = {}
+
+    def hello(self) -> None:
+        try:
+            self.t.send(self.last_round, CONTROL, control_message("hello"))
+        except TransportError as exc:
+            log.debug("hello not sent: %s", exc)
+
+    def on_control(self, round_id: int, payload: memoryview) -> bool:
+        """Handle a control message; False when the server said goodbye."""
+        try:
+            head, start = parse_control(payload)
+        except EnvelopeError as exc:
+            log.warning("dropped a malformed control message: %s", exc)
+            return True
+        if head["type"] == "bye":
+            return False
+        if head["type"] == "abort":
+            if round_id == self.last_round:
+                self.participant = None  # drop masks and shares at once
+            if round_id == self.keysetup_round:
+                self.keysetup = None
+            return True
+        if head["type"] == "keys":
+            self.on_keys(round_id, head)
+            return True
+        if start is not None:
+            self.on_start(start)
+        return True
+
+    def on_keys(self, round_id: int, head: dict[str, Any]) -> None:
+        if round_id <= self.last_round or round_id < self.keysetup_round:
+            log.warning("refused a key setup of round %d", round_id)
+            return
+        self.keysetup = None
+        if self.policy is not None:
+            try:
+                self.clock.check(round_id, time.time())
+                ectx = self.policy.check_keys(head, self.t.client_id)
+            except PolicyMismatch as exc:
+                self._refuse(round_id, exc)
+                return
+            self.clock.advance(round_id, time.time())
+        try:
+            if self.policy is None:
+                ectx = _unpinned_epoch(head)
+            if not ectx.is_client(self.t.client_id):
+                return
+            identity = self.keys.identity if (self.keys and ectx.config.active) else None
+            from secagg.protocols.keysetup import KeySetupClient  # CKKS: the ckks extra
+
+            # Passive key setup lets the server learn the key: only a client run without
+            # identity keys (--insecure) accepts it; a server cannot downgrade the others.
+            ks = KeySetupClient(ectx, self.t.client_id, identity=identity,
+                                trust_relay=self.keys is None)
+            msgs = [encode(m) for m in ks.start()]
+            stage = int(head["first_stage"])
+        except (ProtocolError, ValueError, TypeError, KeyError, AttributeError) as exc:
+            log.warning("round %d: cannot take part in the key setup: %s", round_id, exc)
+            return
+        self.keysetup, self.keysetup_round = ks, round_id
+        for raw in msgs:
+            self._send_at(round_id, stage, raw)
+
+    def _refuse(self, round_id: int, exc: PolicyMismatch) -> None:
+        log.warning("round %d: refused, not my policy: %s", round_id, exc)
+        self.refused.append(exc)
+
+    def _check_start(self, start: RoundStart) -> RoundContext:
+        """The round's context, from the client's own policy (raises PolicyMismatch)."""
+        if self.policy is None:  # the library API without a policy: the server decides
+            if self.t.client_id not in start.clients:
+                raise PolicyMismatch("cohort", f"client {self.t.client_id} is not in it")
+            try:  # the server's policy digest, as sent (it must match the server's context)
+                return start.context(None if start.policy is None
+                                     else policy_digest(start.policy))
+            except (ProtocolError, ValueError, TypeError) as exc:
+                raise PolicyMismatch("config", str(exc)) from None
+        self.clock.check(start.round_id, time.time())
+        return self.policy.check_start(start, self.t.client_id)
+
+    def on_start(self, start: RoundStart) -> None:
+        if start.round_id <= self.last_round:
+            log.warning("refused round %d: already took part in round %d", start.round_id,
+                        self.last_round)
+            return
+        try:  # before anything secret exists: masks, shares, the update itself
+            ctx = self._check_start(start)
+        except PolicyMismatch as exc:
+            self._refuse(start.round_id, exc)
+            return
+        self.participant = None
+        self.last_round = start.round_id
+        self.clock.advance(start.round_id, time.time())
+        if self.settings.state_file is not None:
+            _save_round(self.settings.state_file, start.round_id)
+        if self.settings.crash_at == f"start:{start.round_id}":
+            log.warning("crash_at=%s: kill -9 of myself", self.settings.crash_at)
+            os.kill(os.getpid(), signal.SIGKILL)
+        try:
+            identity = self.keys.identity if (self.keys and ctx.config.active) else None
+            key = self.secret if ctx.config.is_ckks else None
+            self.participant = create_client(ctx, self.t.client_id, identity=identity, key=key)
+            if start.state is not None:
+                self.model = start.state
+            elif self.model is None or self.model.shape[0] != start.dim:
+                self.model = np.zeros(start.dim)
+            t0 = time.perf_counter()
+            if isinstance(self.update, RoundAwareUpdate) and isinstance(self.participant,
+                                                                       SecAggClient):
+                x, removable = self.update.for_round(start.round_id, self.model,
+                                                     n=len(ctx.client_ids),
+                                                     t=ctx.config.threshold)
+                if removable:
+                    self.participant.hold_removable(removable)
+            else:
+                x = self.update(start.round_id, self.model)
+            t1 = time.perf_counter()
+            msgs = [encode(m) for m in self.participant.start(x, weight=None)]
+            self.timing = {"update_s": t1 - t0, "protocol_s": time.perf_counter() - t1}
+        except (ProtocolError, ValueError, TypeError) as exc:
+            log.warning("round %d: cannot take part: %s", start.round_id, exc)
+            self.participant = None
+            return
+        for raw in msgs:
+            self._send(start.first_stage, raw)
+        if self.settings.replay and start.round_id == 2 and self.first_sent is not None:
+            r, s, old = self.first_sent
+            self.t.send(r, s, old)  # the server's replay filter must drop this
+        if self.first_sent is None and msgs:
+            self.first_sent = (start.round_id, start.first_stage, msgs[0])
+
+    def on_keysetup(self, round_id: int, stage: int, payload: memoryview) -> None:
+        assert self.keysetup is not None
+        try:
+            out = self.keysetup.receive_data(bytes(payload))
+        except ProtocolError as exc:
+            log.warning("round %d: key setup failed: %s", round_id, exc)
+            self.keysetup = None
+            return
+        for raw in out:
+            self._send_at(round_id, stage, raw)
+        if self.keysetup.stage.value == "done":
+            self.secret = self.keysetup.secret_context
+            self.keysetup = None
+
+    def on_protocol(self, round_id: int, stage: int, payload: memoryview) -> None:
+        if (self.keysetup is not None and round_id == self.keysetup_round
+                and round_id != self.last_round):
+            self.on_keysetup(round_id, stage, payload)
+            return
+        if self.participant is None or round_id != self.last_round:
+            return
+        if self.settings.crash_at == f"{stage}:{round_id}":
+            log.warning("crash_at=%s: kill -9 of myself", self.settings.crash_at)
+            os.kill(os.getpid(), signal.SIGKILL)
+        try:
+            t0 = time.perf_counter()
+            out = self.participant.receive_data(bytes(payload))
+            self.timing["protocol_s"] = self.timing.get("protocol_s", 0.0) + (
+                time.perf_counter() - t0)
+        except ProtocolError as exc:
+            log.warning("round %d: protocol error, leaving the round: %s", round_id, exc)
+            self.participant = None
+            return
+        for raw in out:
+            self._send(stage, raw)
+        if self.participant.stage.value == "done":
+            self.rounds_done += 1
+            self._write_stats(round_id)
+            agg = getattr(self.participant, "result", None)
+            self.participant = None
+            if isinstance(agg, Aggregate):  # CKKS: the client decrypted the sum
+                self.on_aggregate(round_id, agg.values, agg.weight_total, agg.included)
+
+    def on_aggregate(self, round_id: int, values: npt.NDArray[np.float64], weight: float,
+                     included: tuple[int, ...]) -> None:
+        if self.model is not None and self.model.shape == values.shape and weight > 0:
+            self.model = self.model + values / weight
+        path = self.settings.aggregates_file
+        if path is not None:
+            with path.open("a") as f:
+                f.write(json.dumps({"round": round_id, "included": list(included),
+                                    "weight_total": weight,
+                                    "sum": values.tolist()}) + "\n")
+
+    def _write_stats(self, round_id: int) -> None:
+        path = self.settings.stats_file
+        if path is not None:
+            with path.open("a") as f:
+                f.write(json.dumps({"round": round_id, "client": self.t.client_id,
+                                    **{k: round(v, 4) for k, v in self.timing.items()}}) + "\n")
+        self.timing = {}
+
+    def _send(self, stage: int, raw: bytes) -> None:
+        self._send_at(self.last_round, stage, raw)
+
+    def _send_at(self, round_id: int, stage: int, raw: bytes) -> None:
+        try:
+            self.t.send(round_id, stage, raw)
+        except TransportError as exc:
+            log.warning("round %d: send failed: %s", round_id, exc)
+
+
+def run_client(transport: ClientTransport, *, keys: ClientKeys | None = None,
+               update: UpdateFn | None = None,
+               settings: ClientSettings | None = None,
+               policy: ClientPolicy | None = None) -> int:
+    """Serve rounds until the server says goodbye or stays silent ``idle_timeout_s``;
+    return the number of rounds this client completed. ``policy``: the client's pinned
+    round policy (see the module docstring); None takes the server's parameters as sent."""
+    settings = settings or ClientSettings()
+    cid = transport.client_id
+    if policy is None:
+        log.warning("client %d runs without a pinned policy: the server chooses protocol, "
+                    "mode and parameters", cid)
+    session = _Session(transport, keys, update or (
+        lambda r, s: synthetic_update(cid, r, int(s.shape[0]), s)), settings, policy)
+    if settings.state_file is not None and settings.state_file.exists():
+        session.last_round, seen_at = _load_round(settings.state_file)
+        session.clock.advance(session.last_round, seen_at)
+    last_heard = time.monotonic()
+    next_hello = 0.0
+    while time.monotonic() - last_heard < settings.idle_timeout_s:
+        now = time.monotonic()
+        # In a round a client is quiet while the server collects; after ``stall_hello_s`` of
+        # silence it says hello anyway, so a server restarted mid-round learns its route.
+        stalled = now - last_heard > settings.stall_hello_s
+        if (session.participant is None or stalled) and now >= next_hello:
+            session.hello()
+            next_hello = now + settings.heartbeat_s
+        got = transport.recv(int(settings.heartbeat_s * 1000))
+        if got is None:
+            continue
+        last_heard = time.monotonic()
+        env = got.envelope
+        if env.stage == CONTROL:
+            if not session.on_control(env.round_id, got.payload):
+                log.info("client %d: server said goodbye", cid)
+                break
+        else:
+            session.on_protocol(env.round_id, env.stage, got.payload)
+    return session.rounds_done
+
+
+def _save_round(path: Path, round_id: int) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(f"{round_id}\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _load_round(path: Path) -> tuple[int, float]:
+    """The last round id and when it was seen (the file's modification time: it is written
+    at each round start)."""
+    try:
+        return max(0, int(path.read_text().strip())), path.stat().st_mtime
+    except (ValueError, OSError):
+        log.warning("ignoring unreadable client state file %s", path)
+        return 0, 0.0
+
+
+def _unpinned_epoch(head: dict[str, Any]) -> EpochContext:
+    """The epoch context exactly as the server announced it (no policy)."""
+    vks = head["verify_keys"]
+    return EpochContext(
+        config=SecAggConfig(**head["config"]), epoch=int(head["epoch"]),
+        client_ids=[int(c) for c in head["members"]],
+        verify_keys=None if vks is None else {
+            int(c): VerifyKey.from_bytes(bytes.fromhex(k)) for c, k in vks.items()})
