@@ -14,12 +14,10 @@ from collections.abc import Callable, Mapping
 import numpy as np
 import numpy.typing as npt
 
-from secagg import kex
-from secagg.errors import InsufficientSharesError, InvalidKeyError
-from secagg.prg import MaskPRG
-from secagg.protocols import labels
+from secagg.errors import InsufficientSharesError
 from secagg.protocols.context import RoundContext
 from secagg.protocols.errors import RemoteProtocolError, ThresholdError
+from secagg.protocols.recovery import strip_masks
 from secagg.shamir import Reconstructor
 
 __all__ = ["SecretRecovery", "remove_masks"]
@@ -72,27 +70,5 @@ def remove_masks(
         RemoteProtocolError: a reconstructed mask key does not match its public key, or a
             peer key is degenerate.
     """
-    words = 0
-    for u, seed in seeds.items():
-        MaskPRG(seed, label=labels.self_mask_label(ctx, u)).add_into(acc, bits=32, subtract=True)
-        words += len(acc)
-    salt = labels.kex_salt(ctx)
-    for u, raw in mask_keys.items():
-        key = kex.KeyPair.from_private_bytes(raw)
-        if key.public_bytes() != public_keys[u]:
-            raise RemoteProtocolError("mask-key shares rebuild a key that was not advertised",
-                                      party=u)
-        for v in sorted(neighbours(u) & seeds.keys()):
-            try:
-                pair_seed = kex.agree(key, public_keys[v], salt=salt,
-                                      info=labels.kex_info(ctx, labels.PURPOSE_MASK_SEED, u, v))
-            except InvalidKeyError:
-                raise RemoteProtocolError("degenerate public key", party=v) from None
-            # v added +PRG if v < u, else -PRG: undo exactly that.
-            prg = MaskPRG(pair_seed, label=labels.pair_mask_label(ctx, u, v))
-            prg.add_into(acc, bits=32, subtract=v < u)
-            words += len(acc)
-    bits = ctx.config.bits
-    if bits < 32:
-        np.bitwise_and(acc, np.uint32((1 << bits) - 1), out=acc)
-    return words
+    return strip_masks(ctx, acc, seeds=seeds, mask_keys=mask_keys, public_keys=public_keys,
+                       neighbours=neighbours)

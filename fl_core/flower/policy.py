@@ -65,6 +65,7 @@ from secagg.fl_core.finetune.job import FinetuneJob, JobError
 from secagg.fl_core.finetune.privacy import ResolvedDp, resolve_dp
 from secagg.fl_core.identity import keyfiles
 from secagg.fl_core.identity.keys import Allowlist, ClientKeys, check_client_id
+from secagg.fl_core.runtime.client_app import save_round_id
 from secagg.fl_core.runtime.cohort import round_config_args
 from secagg.fl_core.runtime.policy import ClientPolicy, dp_policy, policy_digest, policy_document
 from secagg.protocols.config import SecAggConfig
@@ -419,11 +420,9 @@ def load_last_round(path: Path) -> tuple[int, float] | None:
 
 
 def save_last_round(path: Path, round_id: int) -> None:
-    """Write ``round_id`` to the node's state file atomically (a public number)."""
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(f"{round_id}\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    """Write ``round_id`` to the node's state file atomically (a public number).
+
+    Raises:
+        OSError: the file cannot be written.
+    """
+    save_round_id(path, round_id)

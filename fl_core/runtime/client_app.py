@@ -79,7 +79,7 @@ if TYPE_CHECKING:  # CKKS is an extra (TenSEAL)
     from secagg.ckks import CkksSecretContext
     from secagg.protocols.keysetup import KeySetupClient
 
-__all__ = ["ClientSettings", "RoundAwareUpdate", "UpdateFn", "run_client"]
+__all__ = ["ClientSettings", "RoundAwareUpdate", "UpdateFn", "run_client", "save_round_id"]
 
 log = logging.getLogger("secagg.fl_core.client")
 
@@ -239,7 +239,7 @@ class _Session:
         self.last_round = start.round_id
         self.clock.advance(start.round_id, time.time())
         if self.settings.state_file is not None:
-            _save_round(self.settings.state_file, start.round_id)
+            save_round_id(self.settings.state_file, start.round_id)
         if self.settings.crash_at == f"start:{start.round_id}":
             log.warning("crash_at=%s: kill -9 of myself", self.settings.crash_at)
             os.kill(os.getpid(), signal.SIGKILL)
@@ -389,7 +389,13 @@ def run_client(transport: ClientTransport, *, keys: ClientKeys | None = None,
     return session.rounds_done
 
 
-def _save_round(path: Path, round_id: int) -> None:
+def save_round_id(path: Path, round_id: int) -> None:
+    """Write ``round_id`` to a client's state file atomically (temp file, fsync, rename; mode
+    0600): the last round it started, so a restart never starts an earlier one again.
+
+    Raises:
+        OSError: the file cannot be written.
+    """
     tmp = path.with_name(path.name + ".tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as f:

@@ -10,7 +10,15 @@ import numpy as np
 import pytest
 
 from secagg import kex, rng, shamir
-from secagg.protocols import RoundContext, RoundSimulation, SecAggConfig, ThresholdError, wire
+from secagg.prg import MaskPRG
+from secagg.protocols import (
+    RoundContext,
+    RoundSimulation,
+    SecAggConfig,
+    ThresholdError,
+    labels,
+    wire,
+)
 from secagg.protocols.adjacency import Adjacency
 from secagg.protocols.encoding import encode_input
 from secagg.protocols.errors import RemoteProtocolError
@@ -19,7 +27,7 @@ from secagg.protocols.holders import group_by_holders, ring_order
 from secagg.protocols.messages import UnmaskResponse
 from secagg.protocols.recovery import recover_secrets, strip_masks
 from secagg.protocols.transitions import ServerStage
-from secagg.protocols.unmasking import SecretRecovery, remove_masks
+from secagg.protocols.unmasking import SecretRecovery
 from tests.protocols.helpers import make_config, make_inputs
 
 
@@ -130,6 +138,26 @@ def test_recover_secrets_names_the_owner_of_bad_shares() -> None:
         assert got[5] != secrets[5] and all(got[u] == secrets[u] for u in secrets if u != 5)
 
 
+def _reference_remove_masks(ctx, acc, *, seeds, mask_keys, public_keys, neighbours):  # type: ignore[no-untyped-def]
+    """The unmasking as it was before the batched server (the oracle): one mask at a time."""
+    words = 0
+    for u, seed in seeds.items():
+        MaskPRG(seed, label=labels.self_mask_label(ctx, u)).add_into(acc, bits=32, subtract=True)
+        words += len(acc)
+    salt = labels.kex_salt(ctx)
+    for u, raw in mask_keys.items():
+        key = kex.KeyPair.from_private_bytes(raw)
+        for v in sorted(neighbours(u) & seeds.keys()):
+            pair_seed = kex.agree(key, public_keys[v], salt=salt,
+                                  info=labels.kex_info(ctx, labels.PURPOSE_MASK_SEED, u, v))
+            MaskPRG(pair_seed, label=labels.pair_mask_label(ctx, u, v)).add_into(
+                acc, bits=32, subtract=v < u)
+            words += len(acc)
+    if ctx.config.bits < 32:
+        np.bitwise_and(acc, np.uint32((1 << ctx.config.bits) - 1), out=acc)
+    return words
+
+
 @pytest.mark.parametrize("protocol", ["secagg", "secagg+"])
 @pytest.mark.parametrize("workers", [1, 2])
 def test_strip_masks_equals_remove_masks(protocol: str, workers: int) -> None:
@@ -143,7 +171,7 @@ def test_strip_masks_equals_remove_masks(protocol: str, workers: int) -> None:
     mask_keys = {u: keys[u].private_bytes() for u in dropped}
     acc = np.random.default_rng(1).integers(0, 2**32, ctx.vector_length, dtype=np.uint32)
     want, got = acc.copy(), acc.copy()
-    n_ref = remove_masks(ctx, want, seeds=seeds, mask_keys=mask_keys, public_keys=public,
+    n_ref = _reference_remove_masks(ctx, want, seeds=seeds, mask_keys=mask_keys, public_keys=public,
                          neighbours=g.neighbours)
     n_new = strip_masks(ctx, got, seeds=seeds, mask_keys=mask_keys, public_keys=public,
                         neighbours=g.neighbours, workers=workers)
