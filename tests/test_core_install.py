@@ -103,7 +103,7 @@ def test_wheel_ships_one_namespace_and_no_benchmarks(wheel: Path) -> None:
     names = zipfile.ZipFile(wheel).namelist()
     tops = {n.split("/")[0] for n in names}
     assert tops == {"secagg", "secagg-0.1.0.dist-info"}, tops
-    for f in ("secagg/protocols/client.py", "secagg/fl_core/cli.py", "secagg/models/data.py",
+    for f in ("secagg/protocols/client.py", "secagg/fl_core/cli/entry.py", "secagg/models/data.py",
               "secagg/protocols/py.typed", "secagg/py.typed"):
         assert f in names, f
     meta = zipfile.ZipFile(wheel).read("secagg-0.1.0.dist-info/METADATA").decode()

@@ -43,7 +43,7 @@ from secagg.fl_core.runtime.ckks_workers import InProcessSummer, WorkerPool, sum
 from secagg.fl_core.runtime.driver import DriverSettings, RoundDriver, RoundOutcome
 from secagg.fl_core.runtime.tasks import FedAvgTask, ServerTask
 from secagg.fl_core.transport.sockets import ServerTransport
-from secagg.protocols.config import SecAggConfig
+from secagg.protocols.config import ProtocolKind
 from secagg.protocols.transitions import ServerStage
 
 __all__ = ["ServerSettings", "encsum_path", "serve"]
@@ -133,9 +133,10 @@ def serve(transport: ServerTransport, settings: ServerSettings,
         FileExistsError: a checkpoint exists and ``resume`` is off.
         ValueError / ConfigError: bad settings (``server_workers`` > 1 but not ``ckks``).
     """
-    kind = SecAggConfig(**settings.config_args).protocol
+    proto = settings.config_args.get("protocol")  # validated per round by the driver
+    kind = ProtocolKind(proto).value if proto is not None else ""
     wait_s = settings.driver.deadline(ServerStage.MASKED_INPUT)
-    with summer_for(kind.value, settings.server_workers, wait_s=wait_s) as summer:
+    with summer_for(kind, settings.server_workers, wait_s=wait_s) as summer:
         return _serve(transport, settings, progress, task, summer)
 
 
