@@ -45,7 +45,7 @@ from secagg import kex, rng, shamir
 from secagg.aead import Aead
 from secagg.errors import InvalidCiphertext, InvalidKeyError, InvalidSignature
 from secagg.packing import pack
-from secagg.prg import SEED_BYTES, MaskPRG
+from secagg.prg import SEED_BYTES, MaskPRG, add_masks_into
 from secagg.protocols import labels
 from secagg.protocols.context import RoundContext
 from secagg.protocols.encoding import FloatVector, check_input, encode_input
@@ -313,14 +313,12 @@ class SecAggClient(ClientBase[RoundContext]):
         assert s.input is not None
         ring = encode_input(ctx, *s.input)
         s.input = None
-        MaskPRG(bytes(s.seed), label=labels.self_mask_label(ctx, me)).add_into(ring, bits=32)
-        for v in sorted(self._committed):
-            prg = MaskPRG(s.mask_seeds[v], label=labels.pair_mask_label(ctx, me, v))
-            prg.add_into(ring, bits=32, subtract=me > v)
-        self.mask_words += (len(self._committed) + 1) * len(ring)
-        bits = ctx.config.bits
-        if bits < 32:
-            np.bitwise_and(ring, np.uint32((1 << bits) - 1), out=ring)
+        masks = [(MaskPRG(bytes(s.seed), label=labels.self_mask_label(ctx, me)), False)]
+        masks += [(MaskPRG(s.mask_seeds[v], label=labels.pair_mask_label(ctx, me, v)), me > v)
+                  for v in sorted(self._committed)]
+        # One pass over the vector: each chunk stays in cache while all k + 1 masks go in.
+        add_masks_into(ring, masks, bits=ctx.config.bits)
+        self.mask_words += len(masks) * len(ring)
         s.mask_seeds.clear()
         return ring
 

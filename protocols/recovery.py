@@ -77,7 +77,7 @@ def strip_masks(
     """Strip the self masks of ``seeds``' owners and the pairwise masks of ``mask_keys``'.
 
     ``acc`` is the ring sum of the survivors' masked inputs (the keys of ``seeds``); it is
-    updated in place and reduced mod ``2^bits``, exactly as :func:`.unmasking.remove_masks`.
+    updated in place and reduced mod ``2^bits``.
     Returns the keystream words expanded.
 
     Raises:

@@ -9,18 +9,13 @@ Secrets held by one holder set share one :class:`secagg.shamir.Reconstructor`.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
-
-import numpy as np
-import numpy.typing as npt
+from collections.abc import Mapping
 
 from secagg.errors import InsufficientSharesError
-from secagg.protocols.context import RoundContext
 from secagg.protocols.errors import RemoteProtocolError, ThresholdError
-from secagg.protocols.recovery import strip_masks
 from secagg.shamir import Reconstructor
 
-__all__ = ["SecretRecovery", "remove_masks"]
+__all__ = ["SecretRecovery"]
 
 
 class SecretRecovery:
@@ -51,24 +46,3 @@ class SecretRecovery:
         except InsufficientSharesError:
             raise RemoteProtocolError("inconsistent shares of a secret", party=owner) from None
 
-
-def remove_masks(
-    ctx: RoundContext,
-    acc: npt.NDArray[np.uint32],
-    *,
-    seeds: Mapping[int, bytes],
-    mask_keys: Mapping[int, bytes],
-    public_keys: Mapping[int, bytes],
-    neighbours: Callable[[int], frozenset[int]],
-) -> int:
-    """Strip the self masks of ``seeds``' owners and the pairwise masks of ``mask_keys``'.
-
-    ``acc`` is the ring sum of the survivors' masked inputs (the keys of ``seeds``); it is
-    updated in place and reduced mod ``2^bits``. Returns the keystream words expanded.
-
-    Raises:
-        RemoteProtocolError: a reconstructed mask key does not match its public key, or a
-            peer key is degenerate.
-    """
-    return strip_masks(ctx, acc, seeds=seeds, mask_keys=mask_keys, public_keys=public_keys,
-                       neighbours=neighbours)

@@ -5,8 +5,10 @@ exact sums: same secrets, same words, same aggregate, for any holder choice and 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 
 import numpy as np
+import numpy.typing as npt
 import pytest
 
 from secagg import kex, rng, shamir
@@ -138,7 +140,10 @@ def test_recover_secrets_names_the_owner_of_bad_shares() -> None:
         assert got[5] != secrets[5] and all(got[u] == secrets[u] for u in secrets if u != 5)
 
 
-def _reference_remove_masks(ctx, acc, *, seeds, mask_keys, public_keys, neighbours):  # type: ignore[no-untyped-def]
+def _reference_remove_masks(ctx: RoundContext, acc: npt.NDArray[np.uint32], *,
+                            seeds: dict[int, bytes], mask_keys: dict[int, bytes],
+                            public_keys: dict[int, bytes],
+                            neighbours: Callable[[int], frozenset[int]]) -> int:
     """The unmasking as it was before the batched server (the oracle): one mask at a time."""
     words = 0
     for u, seed in seeds.items():
@@ -160,7 +165,7 @@ def _reference_remove_masks(ctx, acc, *, seeds, mask_keys, public_keys, neighbou
 
 @pytest.mark.parametrize("protocol", ["secagg", "secagg+"])
 @pytest.mark.parametrize("workers", [1, 2])
-def test_strip_masks_equals_remove_masks(protocol: str, workers: int) -> None:
+def test_strip_masks_equals_one_mask_at_a_time(protocol: str, workers: int) -> None:
     dim = 3000
     ctx = _ctx(protocol, 40, dim=dim)
     g = round_graph(ctx)

@@ -6,7 +6,7 @@ search of :mod:`tests.protocols.test_split_views` on the round's real graph (und
 rule, where plans exist), relays shares so that the target commits to the plan's neighbours,
 keeps one signed survivor set per view, asks each client of the plan to unmask, rebuilds the
 target's self-mask seed and its committed neighbours' mask keys from the answers, and strips
-every mask off the target's upload with the protocol's own :func:`remove_masks`.
+every mask off the target's upload with the protocol's own :func:`strip_masks`.
 
 Under the old client rule (``t`` signatures from anywhere in the cohort, patched in here only)
 it reads the target's exact input, with no colluding client: the control that shows the code
@@ -45,7 +45,8 @@ from secagg.protocols.messages import (
     UnmaskRequest,
     UnmaskResponse,
 )
-from secagg.protocols.unmasking import SecretRecovery, remove_masks
+from secagg.protocols.recovery import strip_masks
+from secagg.protocols.unmasking import SecretRecovery
 from secagg.shamir import Share
 from tests.protocols.helpers import Driver, roundtrip
 from tests.protocols.test_split_views import Plan, search
@@ -127,7 +128,7 @@ class SplitViewServer:
         up = self.masked[target]
         acc = unpack(up.data, up.bits, up.count)
         public = {u: a.s_public for u, a in self.adverts.items()}
-        remove_masks(ctx, acc, seeds={target: seed}, mask_keys=keys, public_keys=public,
+        strip_masks(ctx, acc, seeds={target: seed}, mask_keys=keys, public_keys=public,
                      neighbours=lambda u: frozenset({target}))
         return acc
 

@@ -194,3 +194,23 @@ def server_side(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(TaskIdentity, "_run_id", 1)
     monkeypatch.setattr(TaskIdentity, "_node_id", 0)
     monkeypatch.setattr(TaskIdentity, "_task_id", 0)
+
+
+def capture(workflow: Any, nodes: Mapping[int, Any], fit: Mapping[int, RecordDict],
+            round_id: int, stage: str = "start") -> dict[int, Message]:
+    """Run ``workflow``'s round but withhold every ``stage`` message (``"start"`` or
+    ``"keys"``): return them by protocol id, as a malicious server would hold them before
+    rewriting. Nobody answers, so the honest round ends in ``ThresholdError``."""
+    from secagg.protocols.errors import ThresholdError
+
+    held: dict[int, Message] = {}
+
+    def hook(msg: Message) -> Message | None:
+        if phase(msg) == stage:
+            held[int(record(msg)["cid"])] = msg
+            return None
+        return msg
+
+    with pytest.raises(ThresholdError):
+        workflow.run_round(LocalGrid(nodes, hook), fit, round_id=round_id)
+    return held

@@ -38,6 +38,7 @@ from secagg.sign import SigningKey
 from ._nodes import (
     LocalGrid,
     Node,
+    capture,
     config_of,
     default_update,
     federation,
@@ -82,19 +83,8 @@ def want_sum(ids: tuple[int, ...], rnd: int) -> np.ndarray:
 def honest_starts(fed: Any, nodes: dict[int, Node], round_id: int,
                   cohort: tuple[int, ...] = IDS) -> dict[int, Message]:
     """The honest workflow's round starts, captured instead of delivered."""
-    starts: dict[int, Message] = {}
-
-    def hook(msg: Message) -> Message | None:
-        if phase(msg) == "start":
-            starts[int(record(msg)["cid"])] = msg
-            return None
-        return msg
-
     wf = SecAggWorkflow.from_policy(fed.server_policy, keys=fed.cards)
-    with pytest.raises(ThresholdError):  # nobody answered the start
-        wf.run_round(LocalGrid(nodes, hook), fit_for([NODE_IDS[c] for c in cohort], DIM),
-                     round_id=round_id)
-    return starts
+    return capture(wf, nodes, fit_for([NODE_IDS[c] for c in cohort], DIM), round_id)
 
 
 def accepted(node: Node, msg: Message) -> list[bytes]:
@@ -356,17 +346,8 @@ def test_active_ckks_key_setup_and_round(tmp_path: Path, server_side: None,
     accepted), then a round's decrypted sum is exact."""
     fed = federation(tmp_path, IDS, {**PUBLIC, "protocol": protocol})
     nodes = make_nodes(fed)
-    announced: dict[int, Message] = {}
-
-    def hook(msg: Message) -> Message | None:
-        if phase(msg) == "keys":
-            announced[int(record(msg)["cid"])] = msg
-            return None
-        return msg
-
     wf = SecAggWorkflow.from_policy(fed.server_policy, keys=fed.cards)
-    with pytest.raises(ThresholdError):
-        wf.run_round(LocalGrid(nodes, hook), fit_for(nodes, DIM), round_id=1)
+    announced = capture(wf, nodes, fit_for(nodes, DIM), 1, stage="keys")
     node = by_cid(nodes)[1]
     with pytest.raises(PolicyMismatch) as err:
         node(with_record(announced[1], **_foreign_key(3)(announced[1])))

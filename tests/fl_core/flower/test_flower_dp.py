@@ -44,6 +44,7 @@ from secagg.protocols.errors import ThresholdError
 from ._nodes import (
     LocalGrid,
     Node,
+    capture,
     federation,
     fit_for,
     phase,
@@ -180,17 +181,8 @@ def test_a_server_asking_for_less_noise_is_refused(fed: Any, tmp_path: Path, ser
                                                    change: Any) -> None:
     nodes = make_nodes(fed)
     node = nodes[101]
-    captured: dict[int, Message] = {}
-
-    def hook(msg: Message) -> Message | None:
-        if phase(msg) == "start":
-            captured[int(record(msg)["cid"])] = msg
-            return None
-        return msg
-
     wf = SecAggWorkflow.from_policy(fed.server_policy, keys=fed.cards)
-    with pytest.raises(ThresholdError):  # nobody answers the start
-        wf.run_round(LocalGrid(nodes, hook), fit_for(nodes, DIM), round_id=1)
+    captured = capture(wf, nodes, fit_for(nodes, DIM), 1)
     honest = captured[1]
     bad = _weaker_start(tmp_path, fed, nodes) if change is None else with_record(
         honest, **change(honest))
