@@ -11,6 +11,7 @@
   compares before round 1 (:meth:`ParamSpec.require_same` raises :class:`SpecMismatchError`).
 - Data: :func:`load_packaged` (:data:`PACKAGED_DATASETS`), user files (:func:`load_file`,
   :func:`load_csv`, :func:`load_jsonl`: ``text,label`` or ``prompt,response[,label]``),
+  unlabeled documents for continued pre-training (:class:`TextData`, :func:`load_text_file`),
   :func:`train_test_split`, :func:`iid_partition`, :func:`dirichlet_partition`;
   :func:`make_batch` tokenises a batch (causal-LM labels use :data:`IGNORE_INDEX` for the
   prompt and padding positions).
@@ -99,6 +100,7 @@ from secagg.models.loading import MODEL_ALIASES, LoadedModel, TaskKind, load_mod
 from secagg.models.paramspec import ParamSpec, TensorSpec
 from secagg.models.partition import dirichlet_partition, iid_partition, label_histograms, label_skew
 from secagg.models.pooling import Pooling, default_pooling
+from secagg.models.text import TextData, load_text_file, text_batch
 from secagg.models.train import (
     EvalResult,
     TrainConfig,
@@ -140,6 +142,7 @@ __all__ = [
     "SpecMismatchError",
     "TaskKind",
     "TensorSpec",
+    "TextData",
     "TrainConfig",
     "TrainResult",
     "UnexpectedKeysError",
@@ -165,6 +168,7 @@ __all__ = [
     "load_jsonl",
     "load_model",
     "load_packaged",
+    "load_text_file",
     "lora_targets",
     "macro_f1",
     "make_batch",
@@ -175,6 +179,7 @@ __all__ = [
     "resolve_source",
     "smollm2_gguf",
     "sms_spam",
+    "text_batch",
     "train_local",
     "train_local_dp",
     "train_test_split",

@@ -17,6 +17,7 @@ import numpy.typing as npt
 import torch
 
 from secagg.models.data import ClassificationData, Dataset, InstructionData
+from secagg.models.text import TextData, text_batch
 
 __all__ = ["IGNORE_INDEX", "classification_batch", "instruction_batch", "make_batch"]
 
@@ -83,7 +84,7 @@ def make_batch(
     """The model inputs for ``data`` at ``indices``.
 
     Raises:
-        TypeError: ``data`` is neither ClassificationData nor InstructionData.
+        TypeError: ``data`` is not ClassificationData, InstructionData or TextData.
     """
     idx = [int(i) for i in indices]
     if isinstance(data, ClassificationData):
@@ -100,4 +101,6 @@ def make_batch(
             [data.responses[i] for i in idx],
             max_length=max_length,
         )
+    if isinstance(data, TextData):
+        return text_batch(tokenizer, [data.texts[i] for i in idx], max_length=max_length)
     raise TypeError(f"unsupported data set type {type(data).__name__}")

@@ -25,6 +25,7 @@ import numpy.typing as npt
 
 from secagg.models.errors import AssetNotFoundError, DataFormatError, PartitionError
 from secagg.models.loading import TaskKind
+from secagg.models.text import TextData
 
 __all__ = [
     "ClassificationData",
@@ -132,7 +133,7 @@ class InstructionData:
         )
 
 
-Dataset = ClassificationData | InstructionData
+Dataset = ClassificationData | InstructionData | TextData
 
 
 def make_labels(raw: Sequence[str]) -> tuple[IntArray, tuple[str, ...]]:

@@ -108,6 +108,9 @@ def add_client_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--state", help="file keeping the last round id across restarts "
                    "(public; lets a restarted client rejoin)")
     p.add_argument("--stats", help="append per-round training/protocol seconds here (JSON lines)")
+    p.add_argument("--ledger", help="fine-tuning job: this party's privacy ledger (JSON; the "
+                   "rounds it released into, kept across restarts): past the job's rounds or "
+                   "--epsilon-budget it refuses to release")
     p.add_argument("--aggregates", help="append each round's decoded aggregate here "
                    "(JSON lines; CKKS clients decrypt it themselves)")
     p.add_argument("--min-clients", type=int, default=None, metavar="M",

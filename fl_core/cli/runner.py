@@ -109,7 +109,8 @@ def _client_cmd(ns: argparse.Namespace, endpoint: str, cid: int) -> list[str]:
     if getattr(ns, "min_clients", None):  # part of the policy each client pins
         cmd += ["--min-clients", str(ns.min_clients)]
     if ns.dim is None:
-        cmd += ["--stats", str(_stats_path(ns, cid))]
+        cmd += ["--stats", str(_stats_path(ns, cid)), "--ledger",
+                str(Path(ns.checkpoint).with_name(f"client-{cid}.ledger.json"))]
     return cmd
 
 
@@ -157,6 +158,10 @@ def _follow(server: subprocess.Popen[str], ns: argparse.Namespace, console: Cons
                 bar.update(task, description=f"{ns.population} clients starting")
             elif kind == "stage":
                 bar.update(task, description=f"round {ev['round']}: {ev['stage']}")
+            elif kind == "eval" and "stage" in ev:  # continual: every stage's hold-out set
+                console.print(f"after stage {ev['stage']!r} (round {ev['round_id']}"
+                              f"{'' if ev['complete'] else ', cut short'}): accuracy per stage "
+                              f"{ev['accuracy_per_stage']}")
             elif kind == "eval":
                 metric = "accuracy" if "accuracy" in ev else "perplexity"
                 console.print(f"evaluation after {ev['step']} rounds: {metric} "
@@ -200,6 +205,11 @@ def _job_for(ns: argparse.Namespace, run: RunFolder) -> FinetuneJob:
                        f"{', '.join(changed)}; a resume continues the same job")
     check_job(job, protocol=ns.protocol, n=ns.n if ns.n is not None else job.num_clients,
               active=not ns.insecure)
+    if job.continual is not None:  # the stages against the data's labels, before any process
+        from secagg.fl_core.finetune.continual_tasks import build_plan
+        from secagg.fl_core.finetune.party import load_job_data
+
+        build_plan(job, load_job_data(job))
     return job
 
 

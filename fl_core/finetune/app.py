@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from secagg.fl_core.finetune.continual import StagePlan
+from secagg.fl_core.finetune.continual_tasks import build_plan
 from secagg.fl_core.finetune.job import FinetuneJob
 from secagg.fl_core.finetune.party import JobData, build_job_model, load_job_data
 from secagg.fl_core.finetune.preflight import check_protocol
@@ -36,11 +38,16 @@ class Prepared:
     model: AdaptedModel
     dp: ResolvedDp
     config_args: dict[str, Any]
+    plan: StagePlan | None = None
+    """A continual job's stages (:mod:`secagg.fl_core.finetune.continual`); None otherwise."""
+    round_dim: int | None = None
+    """Values per round when they are not the trainable weights (distillation: the transfer
+    set's soft labels, :mod:`secagg.fl_core.finetune.distill`); None otherwise."""
 
     @property
     def dim(self) -> int:
-        """Values aggregated per round (the trainable weights)."""
-        return self.model.num_trainable
+        """Values aggregated per round (the trainable weights, or ``round_dim``)."""
+        return self.round_dim if self.round_dim is not None else self.model.num_trainable
 
 
 def round_cohorts(protocol: str, n: int, active: bool, min_cohort: int | None
@@ -73,16 +80,26 @@ def prepare(job: FinetuneJob, *, protocol: str, n: int, active: bool,
         JobError: a protocol the job cannot run over, or unreachable DP targets.
         ConfigError: the protocol config does not validate.
         AssetNotFoundError, DataFormatError: the model or data cannot be loaded.
+        ScheduleError: a continual schedule that does not fit the data.
     """
     check_protocol(job, protocol)
     _quiet_transformers()
+    if job.objective == "distill":
+        from secagg.fl_core.finetune.distill import prepare_distill
+
+        return prepare_distill(job, protocol=protocol, n=n, active=active)
     base: dict[str, Any] = {"protocol": protocol, "n": n}
     if protocol != "plain":
         base["active"] = active
     threshold = SecAggConfig(**base).threshold
     exact = protocol in ("secagg", "secagg+") and job.dp != "none" and job.noise == "distributed"
     cohorts = round_cohorts(protocol, n, active, min_cohort) if exact else ()
-    data = load_job_data(job)
+    if job.objective == "pretrain":  # unlabeled documents; full weights travel in chunks
+        from secagg.fl_core.finetune.pretrain import chunk_round_dim, load_pretrain_data
+
+        data = load_pretrain_data(job)
+    else:
+        data = load_job_data(job)
     model = build_job_model(job, data)
     dp = resolve_dp(job, dim=model.num_trainable, sizes=data.sizes, cohort=n,
                     threshold=threshold, cohorts=cohorts)
@@ -90,7 +107,9 @@ def prepare(job: FinetuneJob, *, protocol: str, n: int, active: bool,
     if protocol != "plain" and not exact:
         args["threshold"] = threshold  # explicit: the DP noise shares are calibrated to it
     SecAggConfig(**args)  # validate now, with a clear error, rather than in round 1
-    return Prepared(job, data, model, dp, args)
+    plan = build_plan(job, data) if job.continual is not None else None
+    round_dim = chunk_round_dim(job, model, n) if job.objective == "pretrain" else None
+    return Prepared(job, data, model, dp, args, plan, round_dim=round_dim)
 
 
 def _quiet_transformers() -> None:

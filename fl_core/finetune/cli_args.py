@@ -11,6 +11,7 @@ import argparse
 from dataclasses import fields
 from typing import Any
 
+from secagg.fl_core.finetune.continual import check_continual, resolve_schedule, schedule_rounds
 from secagg.fl_core.finetune.job import FinetuneJob
 
 __all__ = ["add_job_args", "job_from_args"]
@@ -48,6 +49,16 @@ _FLAGS: dict[str, tuple[str, Any, str]] = {
     "--delta": ("delta", float, "delta (default 1/N^1.1)"),
     "--epsilon-budget": ("epsilon_budget", float, "stop before exceeding this epsilon"),
     "--generations": ("generations", int, "causal LM: prompts shown before/after"),
+    "--objective": ("objective", str, "finetune (default), pretrain (causal LM on unlabeled "
+                    "text: continued pre-training) or distill (soft labels on a public "
+                    "transfer set, distilled into a student by the server)"),
+    "--replay-buffer": ("replay_buffer", int, "continual: records of each earlier stage "
+                        "every party keeps in a local replay buffer (default 0: none)"),
+    "--chunk-size": ("chunk_size", int, "full weights: values per secure-aggregation round "
+                     "(default 4194304)"),
+    "--transfer-size": ("transfer_size", int, "distill: examples in the public transfer set"),
+    "--distill-steps": ("distill_steps", int, "distill: KL steps per round toward the "
+                        "consensus (every party's, and the server's student's)"),
 }
 
 
@@ -55,6 +66,9 @@ def add_job_args(p: argparse.ArgumentParser) -> None:
     """Add ``--job`` and the job flags to ``p`` (all default to None: the job's default)."""
     g = p.add_argument_group("fine-tuning job (used when --dim is not given)")
     g.add_argument("--job", metavar="FILE", help="job file (JSON) written by secagg run")
+    g.add_argument("--continual", metavar="SCHEDULE", default=None,
+                   help="continual learning: a packaged schedule (trec-classes, trec-slices) "
+                   "or a JSON/TOML schedule file; the rounds are the stages' rounds")
     for flag, (_, kind, text) in _FLAGS.items():
         g.add_argument(flag, type=kind, default=None, help=text)
 
@@ -63,7 +77,8 @@ def job_from_args(ns: argparse.Namespace, *, rounds: int | None = None) -> Finet
     """The job the flags describe (``--job`` file, then flags; ``rounds`` from ``--rounds``).
 
     Raises:
-        JobError: an unreadable job file or an invalid combination.
+        JobError: an unreadable job file or an invalid combination (a ScheduleError: an
+            unreadable continual schedule, or ``--rounds`` other than its rounds).
     """
     base = FinetuneJob.load(ns.job) if getattr(ns, "job", None) else FinetuneJob()
     doc: dict[str, Any] = {f.name: getattr(base, f.name) for f in fields(FinetuneJob)}
@@ -73,6 +88,15 @@ def job_from_args(ns: argparse.Namespace, *, rounds: int | None = None) -> Finet
             doc[field_name] = value
     if doc.get("noise_multiplier") is not None and getattr(ns, "epsilon", None) is None:
         doc["epsilon"] = None
+    if doc["objective"] == "distill" and getattr(ns, "noise", None) is None and not getattr(
+            ns, "job", None):
+        doc["noise"] = "local"  # distillation's only DP mode (each party's own DP-SGD)
+    if getattr(ns, "continual", None) is not None:
+        doc["continual"] = resolve_schedule(ns.continual)
+        if rounds is None:
+            rounds = schedule_rounds(doc["continual"])
     if rounds is not None:
         doc["rounds"] = rounds
-    return FinetuneJob.from_dict(doc)
+    job = FinetuneJob.from_dict(doc)
+    check_continual(job)
+    return job

@@ -35,6 +35,7 @@ from secagg.fl_core.dp import (
     clip_l2,
 )
 from secagg.fl_core.finetune.job import FinetuneJob
+from secagg.fl_core.finetune.ledger import PrivacyLedger
 from secagg.fl_core.finetune.privacy import ResolvedDp
 from secagg.models import AdaptedModel, Dataset, TrainConfig, train_local
 from secagg.models.dp_grad import clipped_grad_sum, poisson_indices
@@ -52,8 +53,13 @@ class FinetuneClientTask:
     """``update(round_id, global_state) -> contribution`` for one party."""
 
     def __init__(self, job: FinetuneJob, client_id: int, model: AdaptedModel, data: Dataset,
-                 dp: ResolvedDp, *, stats_path: Path | None = None) -> None:
+                 dp: ResolvedDp, *, stats_path: Path | None = None,
+                 ledger: PrivacyLedger | None = None) -> None:
+        """``ledger``: this party's record of its releases (default: one in memory); a round
+        past the job's rounds or ``epsilon_budget`` is refused
+        (:mod:`secagg.fl_core.finetune.ledger`)."""
         self.job, self.client_id, self.model, self.data, self.dp = job, client_id, model, data, dp
+        self.ledger = ledger if ledger is not None else PrivacyLedger(job, dp, client_id)
         self.noise = NoiseSource()
         self.stats_path = stats_path
         cfg = dp.config
@@ -67,6 +73,7 @@ class FinetuneClientTask:
         (distributed noise: the threshold design, each party ``sigma^2 / t``).
 
         Raises:
+            BudgetExhausted: this party's ledger refuses the round.
             VectorLengthError: ``state`` is not the model's length.
         """
         return self._run(round_id, state, None)[0]
@@ -90,6 +97,7 @@ class FinetuneClientTask:
 
     def _run(self, round_id: int, state: Vector, cohort: tuple[int, int] | None
              ) -> tuple[Vector, dict[int, bytes] | None]:
+        self.ledger.charge(round_id)  # before any noised value exists (BudgetExhausted)
         start = time.perf_counter()
         self.model.set_vector(state)
         self._cohort, self._seeds = cohort, None

@@ -23,7 +23,10 @@ from typing import Any, Literal
 
 from secagg.fl_core.finetune.server_opt import SERVER_OPTIMIZERS
 
-__all__ = ["FinetuneJob", "JobError"]
+__all__ = ["OBJECTIVES", "FinetuneJob", "JobError"]
+
+#: What a job trains for (``--objective``).
+OBJECTIVES = ("finetune", "pretrain", "distill")
 
 DpUnitName = Literal["record", "client", "none"]
 NoiseName = Literal["distributed", "local"]
@@ -73,6 +76,22 @@ class FinetuneJob:
             still adding its noise share, so neither the sum's noise nor its timing tells the
             server). Only then is client-level DP amplified by sampling (rate this value); left
             unset, the server picks the cohort and the accountant claims no amplification.
+        objective: ``"finetune"`` (the default: the labelled or instruction task of ``data``),
+            ``"pretrain"`` (continued pre-training: the causal-LM loss on the parties' unlabeled
+            text; full weights travel in chunks of ``chunk_size`` values,
+            :mod:`secagg.fl_core.finetune.pretrain`) or ``"distill"`` (parties send soft labels
+            on a public transfer set of ``transfer_size`` examples and the server distils them
+            into a student, :mod:`secagg.fl_core.finetune.distill`).
+        continual: the resolved stage schedule of a continual-learning job
+            (:mod:`secagg.fl_core.finetune.continual`), or None; ``rounds`` is then the sum of
+            the stages' rounds and one accountant covers them all.
+        replay_buffer: continual learning: records of every earlier stage each party keeps in a
+            local replay buffer and mixes into later stages (0: no mitigation).
+        chunk_size: values per secure-aggregation round when full weights are streamed.
+        transfer_size: distillation: examples of the public transfer set.
+        distill_steps: distillation: KL steps per round toward the consensus (every party and
+            the server's student); ``secagg run --objective distill`` defaults ``noise`` to
+            ``"local"``, its only DP mode.
 
     Raises:
         JobError: on nonsense values (checked when built).
@@ -108,6 +127,12 @@ class FinetuneJob:
     server_optimizer: str = "avg"
     server_momentum: float = 0.9
     local_optimizer: str = "adamw"
+    objective: str = "finetune"
+    continual: dict[str, Any] | None = None
+    replay_buffer: int = 0
+    chunk_size: int = 4_194_304
+    transfer_size: int = 1000
+    distill_steps: int = 40
 
     def __post_init__(self) -> None:
         _check_choice("adapter", self.adapter, ("lora", "prefix", "prompt", "full"))
@@ -115,9 +140,11 @@ class FinetuneJob:
         _check_choice("dp", self.dp, ("record", "client", "none"))
         _check_choice("noise", self.noise, ("distributed", "local"))
         _check_choice("optimizer", self.optimizer, ("adam", "sgd"))
+        _check_choice("objective", self.objective, OBJECTIVES)
         self._check_update_optimizers()
         for name in ("num_clients", "rounds", "eval_size", "max_length", "records_per_round",
-                     "local_steps", "batch_size", "grid_scale"):
+                     "local_steps", "batch_size", "grid_scale", "chunk_size", "transfer_size",
+                     "distill_steps"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise JobError(f"{name} must be a positive int, got {value!r}")
@@ -144,6 +171,16 @@ class FinetuneJob:
                 raise JobError(f"client_sample_rate must be in (0, 1], got {rate!r}")
         if not isinstance(self.generations, int) or self.generations < 0:
             raise JobError("generations must be an int >= 0")
+        buffer = self.replay_buffer
+        if not isinstance(buffer, int) or isinstance(buffer, bool) or buffer < 0:
+            raise JobError(f"replay_buffer must be an int >= 0, got {buffer!r}")
+        if buffer and self.continual is None:
+            raise JobError("--replay-buffer applies to a continual job (--continual)")
+        if self.continual is not None:
+            if self.objective != "finetune":
+                raise JobError("continual learning runs the fine-tuning objective")
+            if not isinstance(self.continual, dict):
+                raise JobError("continual must be a resolved schedule (a JSON object)")
 
     @property
     def steps_on_gradients(self) -> bool:
@@ -222,7 +259,10 @@ class FinetuneJob:
 #: Fields added after the first release, with the default at which ``to_json`` leaves them out
 #: (the behaviour of jobs written before they existed).
 _LATER_FIELDS: dict[str, Any] = {"client_sample_rate": None, "server_optimizer": "avg",
-                                 "server_momentum": 0.9, "local_optimizer": "adamw"}
+                                 "server_momentum": 0.9, "local_optimizer": "adamw",
+                                 "objective": "finetune", "continual": None, "replay_buffer": 0,
+                                 "chunk_size": 4_194_304, "transfer_size": 1000,
+                                 "distill_steps": 40}
 
 
 def _check_choice(name: str, value: object, allowed: tuple[str, ...]) -> None:

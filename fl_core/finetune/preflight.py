@@ -21,7 +21,7 @@ import importlib.util
 import io
 import json
 from collections import Counter
-from collections.abc import Collection, Iterator
+from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -40,11 +40,14 @@ __all__ = [
     "ModelSourceError",
     "PreflightError",
     "check_cohort",
+    "check_distill",
     "check_job",
     "check_model",
+    "check_pretrain",
     "check_protocol",
     "check_split",
     "inspect_data",
+    "inspect_text",
 ]
 
 CLASSIFICATION = "classification"  # the values of secagg.models.TaskKind
@@ -220,6 +223,138 @@ def check_split(job: FinetuneJob, info: DataInfo) -> None:
                             f"{job.num_clients} parties one each")
 
 
+def check_distill(job: FinetuneJob, info: DataInfo | None = None) -> None:
+    """A distillation job (``--objective distill``) needs record-level DP with local noise, or
+    none, and classification data with room for the parties beside the transfer set.
+
+    Distributed noise is refused: noise shares on the soft labels would have to be calibrated
+    to one record's effect on a party's ``T x K`` probabilities, which is unbounded (a record
+    moves the trained model, hence every probability), so no finite noise would make the sum
+    DP. Client level is not wired: a party's soft labels are bounded (L2 at most ``sqrt(2 T)``
+    between any two data sets), so client-level noise on them would be sound, but it is not
+    implemented, hence refused rather than claimed.
+
+    Raises:
+        PreflightError: another DP mode, instruction data, or a transfer set that leaves
+            fewer than 2 records per party (user files; packaged sets are checked on load).
+    """
+    if job.objective != "distill":
+        return
+    if job.dp == "client":
+        raise PreflightError("--objective distill with --dp client is not implemented; use "
+                             "--dp record --noise local (each party's own DP-SGD) or --dp none")
+    if job.dp == "record" and job.noise != "local":
+        raise PreflightError(
+            f"--objective distill runs with --dp record --noise local (each party's own DP-SGD; "
+            f"the soft labels it sends are post-processing) or --dp none, not --noise {job.noise}: "
+            "noise added to the soft labels would need one record's "
+            "sensitivity on them, which is unbounded")
+    if info is None:
+        return
+    if info.task != CLASSIFICATION:
+        raise PreflightError(f"--objective distill needs classification data (soft labels "
+                             f"over classes); --data {info.source} is instruction data")
+    if not info.packaged:
+        test = sum(round(c * job.test_fraction) for c in info.label_counts)
+        rest = info.examples - test - job.transfer_size
+        if rest < 2 * job.num_clients:
+            raise PreflightError(f"--transfer-size {job.transfer_size} leaves {max(rest, 0)} "
+                                 f"training examples of --data {info.source} for "
+                                 f"{job.num_clients} parties; lower it")
+
+
+def inspect_text(source: str) -> DataInfo:
+    """Check the unlabeled text of a pretrain job (``--objective pretrain``): a packaged data
+    set (its texts; labels ignored) or a ``.txt`` file (one document per line) or a
+    ``.csv``/``.tsv``/``.jsonl``/``.ndjson`` file with a ``text`` column (other columns
+    ignored). ``label_counts`` is ``(documents,)``: one group.
+
+    Raises:
+        DataSourceError: an unknown name, no such file, or the data set's package is missing.
+        DataFileError: not UTF-8 text, an unknown suffix, no ``text`` column, a malformed row,
+            an empty or non-string text, or no documents.
+    """
+    if source in PACKAGED_DATA:
+        inspect_data(source)  # the package is installed
+        return DataInfo(source, CAUSAL_LM, True)
+    path = Path(source).expanduser()
+    if not path.is_file():
+        what = "a folder, not a file" if path.is_dir() else "no such file"
+        raise DataSourceError(f"--data {source}: {what}; it is neither a packaged set "
+                              f"({', '.join(PACKAGED_DATA)}) nor an existing .txt, CSV/TSV or "
+                              "JSONL file")
+    suffix = path.suffix.lower()
+    if suffix != ".txt" and suffix not in _SUFFIXES:
+        raise DataFileError(f"--data {source}: unknown text file type {suffix!r} (.txt, one "
+                            "document per line, or .csv, .tsv, .jsonl, .ndjson with a 'text' "
+                            "column)")
+    text = _read_text(path)
+    if suffix == ".txt":
+        docs = sum(1 for line in text.split("\n") if line.strip())  # as load_text_file
+    else:
+        delimiter = _SUFFIXES[suffix]
+        rows = (_csv_rows(path, text, delimiter, _text_header) if delimiter
+                else _jsonl_rows(path, text))
+        docs = 0
+        for line, row in rows:
+            value = row.get("text")
+            if isinstance(value, bool) or not isinstance(value, str):
+                what = "missing" if value is None else f"a {type(value).__name__}"
+                raise DataFileError(f"--data {path}:{line}: column 'text' is {what}, not a "
+                                    "string")
+            if not value.strip():
+                raise DataFileError(f"--data {path}:{line}: column 'text' is empty")
+            docs += 1
+    if docs == 0:
+        raise DataFileError(f"--data {path}: no documents")
+    return DataInfo(str(path), CAUSAL_LM, False, (docs,))
+
+
+def check_pretrain(job: FinetuneJob, *, n: int | None = None) -> None:
+    """A pretrain job (``--objective pretrain``) trains a causal LM with LoRA or full weights;
+    full weights travel in chunks (``chunk_size`` values per secure-aggregation round) and run
+    without DP: client-level Gaussian noise over 134.5M coordinates with a handful of parties
+    (noise ``sigma * C * sqrt(d)`` in norm against an update of norm at most ``C``) would swamp
+    the update, and a chunk whose round is retried would need its noise cached to keep the
+    accounting; neither is built. Secure aggregation alone keeps each party's update from the
+    server.
+
+    Raises:
+        PreflightError: another adapter, the encoder model, DP with full weights, a server
+            optimizer with state (full weights: FedAvg only), or full weights with a cohort
+            ``n`` below the parties (every party answers every chunk of a training round).
+    """
+    if job.objective != "pretrain":
+        return
+    if job.adapter not in ("lora", "full"):
+        raise PreflightError(f"--objective pretrain trains --adapter lora or full, not "
+                             f"{job.adapter}")
+    if job.model == "minilm":
+        raise PreflightError("--objective pretrain needs a causal LM (--model smollm2, a GGUF "
+                             "file or a causal-LM folder); minilm is an encoder")
+    if job.adapter == "full":
+        if job.dp != "none":
+            raise PreflightError(
+                "--objective pretrain --adapter full runs without DP (pass --dp none): "
+                "client-level noise over 134.5M weights with a handful of parties (norm "
+                "sigma*C*sqrt(d) against an update of norm <= C) would swamp the update, and a "
+                "retried chunk would need cached noise to keep the accounting; not built. "
+                "Secure aggregation alone keeps each update from the server")
+        if n is not None and n != job.num_clients:
+            raise PreflightError(f"--objective pretrain --adapter full: every party takes part "
+                                 f"in every chunk's round (--n {n} must equal --clients "
+                                 f"{job.num_clients})")
+        if job.server_optimizer != "avg":
+            raise PreflightError("--objective pretrain --adapter full steps with FedAvg only "
+                                 "(--server-optimizer avg): a stateful server optimizer would "
+                                 "keep model-sized moments")
+
+
+def _text_header(path: Path, header: Sequence[str]) -> None:
+    if "text" not in header:
+        raise DataFileError(f"--data {path}:1: header {list(header)} lacks a 'text' column")
+
+
 def check_job(job: FinetuneJob, *, protocol: str, n: int, active: bool) -> DataInfo:
     """Every check above, cheapest first.
 
@@ -229,8 +364,11 @@ def check_job(job: FinetuneJob, *, protocol: str, n: int, active: bool) -> DataI
     check_protocol(job, protocol)
     check_cohort(job, protocol=protocol, n=n, active=active)
     check_model(job.model)
-    info = inspect_data(job.data)
+    check_distill(job)
+    check_pretrain(job, n=n)
+    info = inspect_text(job.data) if job.objective == "pretrain" else inspect_data(job.data)
     check_split(job, info)
+    check_distill(job, info)
     return info
 
 
@@ -259,13 +397,17 @@ def _read_text(path: Path) -> str:
 Row = tuple[int, dict[str, Any]]
 
 
-def _csv_rows(path: Path, text: str, delimiter: str) -> Iterator[Row]:
+def _csv_rows(path: Path, text: str, delimiter: str,
+              check_header: Callable[[Path, Sequence[str]], object] | None = None
+              ) -> Iterator[Row]:
+    """The rows of a CSV/TSV file; ``check_header`` (default: a classification or instruction
+    header) refuses a header with a DataFileError."""
     reader = csv.DictReader(io.StringIO(text, newline=""), delimiter=delimiter, strict=True)
     try:
         header = reader.fieldnames
         if not header:
             raise DataFileError(f"--data {path}: empty file (no header row)")
-        _task_of(path, header)
+        (check_header or _task_of)(path, header)
         for row in reader:
             if None in row or None in row.values():
                 raise DataFileError(f"--data {path}:{reader.line_num}: row has "

@@ -20,7 +20,7 @@ from rich.table import Table
 
 from secagg.fl_core.finetune.app import write_summary
 
-__all__ = ["finish_run", "time_split"]
+__all__ = ["client_peak_rss", "finish_run", "time_split"]
 
 
 def _read_lines(path: Path) -> list[dict[str, Any]]:
@@ -60,6 +60,17 @@ def time_split(summary: dict[str, Any], stats: list[Path]) -> dict[str, float]:
             "protocol_fraction": round(p / wall, 4) if wall else 0.0}
 
 
+def client_peak_rss(stats: list[Path]) -> dict[str, float]:
+    """``{"client-<id>": MiB}``: the largest ``peak_rss_mb`` in each client's stats file
+    (named ``client-<id>.stats.jsonl``; clients without one are left out)."""
+    out: dict[str, float] = {}
+    for path in stats:
+        peaks = [float(d["peak_rss_mb"]) for d in _read_lines(path) if "peak_rss_mb" in d]
+        if peaks:
+            out[path.name.split(".")[0]] = max(peaks)
+    return out
+
+
 def _show(console: Console, doc: dict[str, Any]) -> None:
     t = Table(title="federated fine-tuning")
     t.add_column("what")
@@ -85,6 +96,9 @@ def _show(console: Console, doc: dict[str, Any]) -> None:
     t.add_row("bytes up / down per client per round",
               f"{doc['bytes_up_per_client_per_round'] / 1e3:.1f} kB / "
               f"{doc['bytes_down_per_client_per_round'] / 1e3:.1f} kB")
+    if doc.get("peak_rss_mb"):
+        t.add_row("peak memory (MiB)", ", ".join(f"{k} {v:.0f}" for k, v in
+                                                  doc["peak_rss_mb"].items()))
     split = doc.get("time_split", {})
     if split:
         t.add_row("round: training / protocol / other (s)",
@@ -105,6 +119,8 @@ def finish_run(ns: argparse.Namespace, console: Console, stats: list[Path]) -> N
         console.print(f"[red]no summary at {path}: the server did not finish[/red]")
         return
     doc["time_split"] = time_split(doc, stats)
+    if "peak_rss_mb" in doc:  # pretrain: every party's peak memory, the clients' from stats
+        doc["peak_rss_mb"] = {**doc["peak_rss_mb"], **client_peak_rss(stats)}
     write_summary(path, doc)
     _show(console, doc)
     console.print(f"summary written to {path}")

@@ -79,7 +79,8 @@ if TYPE_CHECKING:  # CKKS is an extra (TenSEAL)
     from secagg.ckks import CkksSecretContext
     from secagg.protocols.keysetup import KeySetupClient
 
-__all__ = ["ClientSettings", "RoundAwareUpdate", "UpdateFn", "run_client", "save_round_id"]
+__all__ = ["ClientSettings", "RoundAwareUpdate", "StepAwareUpdate", "UpdateFn", "run_client",
+           "save_round_id"]
 
 log = logging.getLogger("secagg.fl_core.client")
 
@@ -101,6 +102,24 @@ class RoundAwareUpdate(Protocol):
                   ) -> tuple[npt.NDArray[np.float64], dict[int, bytes] | None]:
         """The contribution to a round of ``n`` clients with threshold ``t``, and its
         removable noise seeds (None: none)."""
+        ...
+
+
+@runtime_checkable
+class StepAwareUpdate(Protocol):
+    """An update that needs the round start's ``step`` (the count of applied rounds), e.g. the
+    chunked full-weight pretrain job, where step ``j`` asks for chunk ``j mod K`` of training
+    round ``j // K`` (:mod:`secagg.fl_core.finetune.chunked`). Refusing (a ``ValueError``)
+    makes the client sit the round out."""
+
+    def __call__(self, round_id: int, state: npt.NDArray[np.float64]
+                 ) -> npt.NDArray[np.float64]:
+        """The contribution without a step (refused by step-aware tasks)."""
+        ...
+
+    def for_step(self, round_id: int, step: int, state: npt.NDArray[np.float64]
+                 ) -> npt.NDArray[np.float64]:
+        """The contribution to round ``round_id`` at ``step`` from the broadcast ``state``."""
         ...
 
 
@@ -252,7 +271,9 @@ class _Session:
             elif self.model is None or self.model.shape[0] != start.dim:
                 self.model = np.zeros(start.dim)
             t0 = time.perf_counter()
-            if isinstance(self.update, RoundAwareUpdate) and isinstance(self.participant,
+            if isinstance(self.update, StepAwareUpdate):
+                x = self.update.for_step(start.round_id, start.step, self.model)
+            elif isinstance(self.update, RoundAwareUpdate) and isinstance(self.participant,
                                                                        SecAggClient):
                 x, removable = self.update.for_round(start.round_id, self.model,
                                                      n=len(ctx.client_ids),

@@ -384,8 +384,14 @@ class RoundDriver:
 
     def _collect(self, server: ServerBase[Any], out: RoundOutcome, stage: ServerStage) -> None:
         """Receive the stage's messages until every expected client has sent, the deadline
-        passes, or every client still awaited is known dead (pinged every
-        ``probe_interval_s``: a party killed mid-round costs about that, not the deadline)."""
+        passes, or every client still awaited is known dead (pinged after ``probe_interval_s``,
+        then at doubling intervals: a party killed mid-round costs about the time it had
+        been waited for, not the deadline).
+
+        The intervals double because a live client busy in its local update reads nothing:
+        pings at a fixed rate would fill its receive queue (``rcvhwm``), stall the TCP stream
+        and with it ZeroMQ's own heartbeats, and the connection would be dropped as dead
+        (a 16 s update was cut at 14 s). Doubling keeps the pings of a 300 s stage at 10."""
         number = stage_number(stage)
         deadline = time.monotonic() + self.settings.deadline(stage)
         interval = self.sampler.probe_interval_s
@@ -403,6 +409,7 @@ class RoundDriver:
                 return
             if now >= next_probe:
                 dead |= self._gone(waiting, out.round_id)
+                interval *= 2.0
                 next_probe = now + interval
                 continue
             left = min(deadline, next_probe) - now

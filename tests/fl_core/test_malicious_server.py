@@ -38,6 +38,7 @@ from secagg.fl_core.transport.sockets import ClientTransport, ServerTransport
 from secagg.protocols.config import SecAggConfig
 from secagg.protocols.context import RoundContext
 from secagg.sign import SigningKey
+from tests.fl_core._wire import Wire
 
 N, DIM = 3, 8
 ARGS: dict[str, Any] = {"protocol": "secagg+", "n": N, "active": True}
@@ -60,20 +61,9 @@ def fed() -> _Federation:
     return _Federation()
 
 
-class _Wire:
-    """Stands in for the client's transport: records what the client sends."""
-
-    def __init__(self, client_id: int) -> None:
-        self.client_id = client_id
-        self.sent: list[tuple[int, int, bytes]] = []
-
-    def send(self, round_id: int, stage: int, payload: object) -> None:
-        self.sent.append((round_id, stage, bytes(payload)))  # type: ignore[call-overload]
-
-
 def _session(fed: _Federation, policy: ClientPolicy,
-             cid: int = 1) -> tuple[client_app._Session, _Wire, list[int]]:
-    wire, calls = _Wire(cid), []
+             cid: int = 1) -> tuple[client_app._Session, Wire, list[int]]:
+    wire, calls = Wire(cid), []
 
     def update(round_id: int, state: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
         calls.append(round_id)  # the update (and its DP noise share) is computed only here
