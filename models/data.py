@@ -14,7 +14,6 @@ User files hold one example per row/line with columns ``text,label`` (classifica
 from __future__ import annotations
 
 import csv
-import json
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +23,7 @@ import numpy as np
 import numpy.typing as npt
 
 from secagg.models.errors import AssetNotFoundError, DataFormatError, PartitionError
+from secagg.models.jsonl import jsonl_objects
 from secagg.models.loading import TaskKind
 from secagg.models.text import TextData
 
@@ -300,16 +300,7 @@ def load_jsonl(
 
     def rows() -> Iterator[tuple[int, dict[str, Any]]]:
         with p.open(encoding=encoding) as f:
-            for line_no, line in enumerate(f, start=1):
-                if not line.strip():
-                    continue
-                try:
-                    obj = json.loads(line)
-                except json.JSONDecodeError as exc:
-                    raise DataFormatError(f"{p}:{line_no}: invalid JSON: {exc.msg}") from exc
-                if not isinstance(obj, dict):
-                    raise DataFormatError(f"{p}:{line_no}: expected a JSON object")
-                yield line_no, obj
+            yield from jsonl_objects(p, f)
 
     try:
         return _build(rows(), path=p, task=task, columns=columns)

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +25,7 @@ import numpy.typing as npt
 import torch
 
 from secagg.models.errors import AssetNotFoundError, DataFormatError
+from secagg.models.jsonl import jsonl_objects
 from secagg.models.loading import TaskKind
 
 __all__ = ["TEXT_SUFFIXES", "TextData", "load_text_file", "text_batch"]
@@ -131,18 +131,8 @@ def _value(p: Path, line: int, row: dict[str, Any], column: str) -> str:
 
 
 def _jsonl_texts(p: Path, raw: str, column: str) -> list[str]:
-    out = []
-    for line_no, line in enumerate(raw.split("\n"), start=1):
-        if not line.strip():
-            continue
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise DataFormatError(f"{p}:{line_no}: invalid JSON: {exc.msg}") from None
-        if not isinstance(obj, dict):
-            raise DataFormatError(f"{p}:{line_no}: expected a JSON object")
-        out.append(_value(p, line_no, obj, column))
-    return out
+    # split on "\n" only: str.splitlines also breaks at "\r" and "\x1c" inside reviews
+    return [_value(p, line_no, obj, column) for line_no, obj in jsonl_objects(p, raw.split("\n"))]
 
 
 def _csv_texts(p: Path, raw: str, delimiter: str, column: str) -> list[str]:

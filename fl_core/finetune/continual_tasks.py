@@ -134,7 +134,7 @@ class ContinualServerTask(FinetuneServerTask):
         doc = super().report(out)
         stage = self.plan.stage_of(out.round_id)
         doc["stage"] = stage
-        if out.round_id == self.plan.last_round(stage) and self._row(stage) is None:
+        if out.round_id == self.plan.last_round(stage) and self.row_of(stage) is None:
             row = self.end_stage(stage, round_id=out.round_id, complete=True)
             doc["stage_accuracy"] = row["accuracy"]
         return doc
@@ -151,7 +151,8 @@ class ContinualServerTask(FinetuneServerTask):
                           "complete": complete, "accuracy_per_stage": row["accuracy"]})
         return row
 
-    def _row(self, stage: int) -> dict[str, Any] | None:
+    def row_of(self, stage: int) -> dict[str, Any] | None:
+        """``stage``'s row of the accuracy matrix, or None before the stage has ended."""
         return next((r for r in self.rows if r["stage"] == stage), None)
 
     def _per_stage(self, state: Vector) -> list[float]:
@@ -190,14 +191,14 @@ def continual_summary(task: ContinualServerTask, last_round_id: int) -> dict[str
     plan = task.plan
     for s in range(plan.num_stages):
         first = plan.last_round(s) - plan.rounds[s] + 1
-        if task._row(s) is None and last_round_id >= first:
+        if task.row_of(s) is None and last_round_id >= first:
             task.end_stage(s, round_id=last_round_id, complete=False)
     rows = sorted(task.rows, key=lambda r: r["stage"])
     matrix = [r["accuracy"] for r in rows]
     stages = []
     for s, described in enumerate(plan.described):
         first = plan.last_round(s) - plan.rounds[s] + 1
-        row = task._row(s)
+        row = task.row_of(s)
         stages.append({**described, "round_ids": [first, plan.last_round(s)],
                        "records_with_replay": task.stage_records[s],
                        "reached": row is not None,

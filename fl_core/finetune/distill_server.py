@@ -18,7 +18,6 @@ local noise), charged before the round can release anything.
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -33,7 +32,7 @@ from secagg.fl_core.finetune.privacy import ResolvedDp
 from secagg.fl_core.finetune.server_task import FinetuneServerTask
 from secagg.fl_core.runtime.checkpoint import Checkpoint
 from secagg.fl_core.runtime.driver import RoundOutcome
-from secagg.models import AdaptedModel, evaluate
+from secagg.models import AdaptedModel
 
 __all__ = ["DistillServerTask", "distill_summary", "finish_distill"]
 
@@ -86,29 +85,14 @@ class DistillServerTask(FinetuneServerTask):
         self.student_losses.append(round(float(np.mean(losses)), 5))
         return consensus.reshape(-1)
 
-    def evaluate(self, state: Vector, step: int) -> dict[str, Any]:
-        """The student's metrics on the held-out set (``state``, the consensus, is not a
-        model and is ignored), recorded with ``step``."""
-        start = time.perf_counter()
-        res = evaluate(self.model, self.data.test, max_length=self.job.max_length)
-        doc: dict[str, Any] = {"step": step, "examples": res.examples,
-                               "loss": round(res.loss, 5),
-                               "seconds": round(time.perf_counter() - start, 2)}
-        for name in ("accuracy", "macro_f1"):
-            value = getattr(res, name, None)
-            if value is not None:
-                doc[name] = round(float(value), 5)
-        self.evals.append(doc)
-        if self.on_eval is not None:
-            self.on_eval(doc)
-        return doc
+    def _load_for_eval(self, state: Vector) -> None:
+        """Nothing: the student is the model (``state``, the consensus, is not a model)."""
 
     def state_dict(self) -> tuple[dict[str, Any], dict[str, Vector]]:
         """Accountant, evaluations, student losses; the student's weights as ``student``."""
-        doc: dict[str, Any] = {"task": "distill", "job": self.job.digest, "evals": self.evals,
-                               "student_losses": self.student_losses}
-        if self.accountant is not None:
-            doc["accountant"] = self.accountant.state_dict()
+        doc = self._with_accountant({"task": "distill", "job": self.job.digest,
+                                     "evals": self.evals,
+                                     "student_losses": self.student_losses})
         return doc, {"student": self.model.get_vector().astype(np.float64)}
 
     def load_state_dict(self, doc: dict[str, Any] | None, arrays: dict[str, Vector]) -> None:
@@ -126,8 +110,7 @@ class DistillServerTask(FinetuneServerTask):
         self.model.set_vector(arrays["student"])
         self.evals = list(doc.get("evals", []))
         self.student_losses = list(doc.get("student_losses", []))
-        if self.accountant is not None and "accountant" in doc:
-            self.accountant.load_state_dict(doc["accountant"])
+        self._restore_accountant(doc)
 
 
 def consensus_of(total: Vector, weight_total: float, k: int) -> npt.NDArray[np.float64]:

@@ -151,10 +151,8 @@ class FinetuneServerTask:
 
     def state_dict(self) -> tuple[dict[str, Any], dict[str, Vector]]:
         """Accountant, Adam and server-optimizer state."""
-        doc: dict[str, Any] = {"task": "finetune", "job": self.job.digest, "adam_t": self._t,
-                               "evals": self.evals}
-        if self.accountant is not None:
-            doc["accountant"] = self.accountant.state_dict()
+        doc = self._with_accountant({"task": "finetune", "job": self.job.digest,
+                                     "adam_t": self._t, "evals": self.evals})
         opt_doc, opt_arrays = self.server_opt.state_dict()
         return doc | opt_doc, {"adam_m": self._m, "adam_v": self._v} | opt_arrays
 
@@ -173,8 +171,7 @@ class FinetuneServerTask:
         self.evals = list(doc.get("evals", []))
         self._m, self._v = arrays["adam_m"].copy(), arrays["adam_v"].copy()
         self.server_opt.load_state_dict(doc, arrays)
-        if self.accountant is not None and "accountant" in doc:
-            self.accountant.load_state_dict(doc["accountant"])
+        self._restore_accountant(doc)
 
     # -- helpers -------------------------------------------------------------------------
 
@@ -209,7 +206,7 @@ class FinetuneServerTask:
     def evaluate(self, state: Vector, step: int) -> dict[str, Any]:
         """Metrics of ``state`` on the hold-out set, recorded with ``step``."""
         start = time.perf_counter()
-        self.model.set_vector(state)
+        self._load_for_eval(state)
         res = evaluate(self.model, self.data.test, max_length=self.job.max_length)
         doc: dict[str, Any] = {"step": step, "examples": res.examples,
                                "loss": round(res.loss, 5),
@@ -222,3 +219,17 @@ class FinetuneServerTask:
         if self.on_eval is not None:
             self.on_eval(doc)
         return doc
+
+    def _load_for_eval(self, state: Vector) -> None:
+        """Put the weights that :meth:`evaluate` measures into the model (here: ``state``)."""
+        self.model.set_vector(state)
+
+    def _with_accountant(self, doc: dict[str, Any]) -> dict[str, Any]:
+        """``doc`` plus the accountant's state (when DP is on)."""
+        if self.accountant is not None:
+            doc["accountant"] = self.accountant.state_dict()
+        return doc
+
+    def _restore_accountant(self, doc: dict[str, Any]) -> None:
+        if self.accountant is not None and "accountant" in doc:
+            self.accountant.load_state_dict(doc["accountant"])
