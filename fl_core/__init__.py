@@ -12,8 +12,11 @@ below imports its submodule (and with it ZeroMQ, or dp-accounting) on first use 
   Key files on disk: :mod:`secagg.fl_core.identity.keyfiles` (``secagg keygen`` writes them).
 - Loops: :func:`serve` with :class:`ServerSettings` and :class:`DriverSettings` (deadlines ->
   dropouts), a :class:`ServerTask` (default :class:`FedAvgTask`) that applies each
-  :class:`RoundOutcome`; :func:`run_client` with :class:`ClientSettings` and an ``update``
-  callable ``(round_id, global_state) -> vector`` (default :func:`synthetic_update`).
+  :class:`RoundOutcome`; :func:`run_client` with :class:`ClientSettings`, an ``update``
+  callable ``(round_id, global_state) -> vector`` (default :func:`synthetic_update`) and the
+  client's own :class:`ClientPolicy` (:meth:`ClientPolicy.from_key_folder` builds it from its
+  key folder): every round start is checked against it, and without one :func:`run_client`
+  raises :class:`PolicyRequired` unless told ``insecure=True`` (tests only).
 - Checkpoints: :class:`Checkpoint`, :func:`resume`, :class:`CheckpointError`.
 - Differential privacy (also :mod:`secagg.fl_core.dp`): :class:`DpConfig`, :class:`NoiseSource`,
   :func:`clip_l2`, :func:`add_local_noise`, :func:`add_distributed_noise`,
@@ -21,12 +24,14 @@ below imports its submodule (and with it ZeroMQ, or dp-accounting) on first use 
 - The fine-tuning job: :class:`FinetuneJob` (:mod:`secagg.fl_core.finetune`); the command line:
   :func:`main` (the ``secagg`` console script). Flower: :mod:`secagg.fl_core.flower` (optional
   extra).
-- Errors: :class:`FlCoreError` and :class:`TransportError` (both under
+- Errors: :class:`FlCoreError`, :class:`TransportError` and :class:`PolicyRequired` (all under
   :class:`secagg.errors.SecAggError`), :class:`DpConfigError`.
 
 A server and three clients over real loopback ZeroMQ sockets, clients in threads. This one
-runs with ``insecure=True`` (CurveZMQ off, passive protocol): for the example and tests only;
-docs/api.md runs the same federation with Curve keys and active mode.
+runs with ``insecure=True`` transports (CurveZMQ off, passive protocol): for the example and
+tests only; docs/api.md runs the same federation with Curve keys and active mode. Each client
+still pins its policy (the same config and ``dim`` as the server's), so a server cannot talk it
+into another protocol:
 
 >>> import tempfile, threading
 >>> from pathlib import Path
@@ -38,10 +43,13 @@ docs/api.md runs the same federation with Curve keys and active mode.
 ...     config_args={"protocol": "secagg+", "n": 3, "active": False}, dim=4, rounds=1,
 ...     checkpoint=Path(tempfile.mkdtemp()) / "ck.json",
 ...     driver=fl_core.DriverSettings(join_timeout_s=20.0))
+>>> policy = fl_core.ClientPolicy(config_args={"protocol": "secagg+", "n": 3, "active": False},
+...                               dim=4)                   # the client's own files say so
 >>> def client(cid: int) -> None:                           # sends cid / 10 everywhere
 ...     with fl_core.ClientTransport(server.endpoint, client_id=cid, limits=limits,
 ...                                  insecure=True) as t:
 ...         fl_core.run_client(t, update=lambda round_id, state: np.full(4, cid / 10),
+...                            policy=policy,
 ...                            settings=fl_core.ClientSettings(idle_timeout_s=20.0))
 >>> threads = [threading.Thread(target=client, args=(c,)) for c in (1, 2, 3)]
 >>> for th in threads:
@@ -91,12 +99,13 @@ if TYPE_CHECKING:
         calibrate_noise_multiplier,
         clip_l2,
     )
-    from secagg.fl_core.errors import FlCoreError, TransportError
+    from secagg.fl_core.errors import FlCoreError, PolicyRequired, TransportError
     from secagg.fl_core.finetune.job import FinetuneJob
     from secagg.fl_core.identity.keys import Allowlist, ClientKeys, CurveKeyPair
     from secagg.fl_core.runtime.checkpoint import Checkpoint, CheckpointError, resume
     from secagg.fl_core.runtime.client_app import ClientSettings, run_client
     from secagg.fl_core.runtime.driver import DriverSettings, RoundOutcome
+    from secagg.fl_core.runtime.policy import ClientPolicy
     from secagg.fl_core.runtime.rounds import limits_for, synthetic_update
     from secagg.fl_core.runtime.server_app import ServerSettings, serve
     from secagg.fl_core.runtime.tasks import FedAvgTask, ServerTask
@@ -113,6 +122,7 @@ _LAZY: dict[str, str] = {
     "Checkpoint": "secagg.fl_core.runtime.checkpoint",
     "CheckpointError": "secagg.fl_core.runtime.checkpoint",
     "ClientKeys": "secagg.fl_core.identity.keys",
+    "ClientPolicy": "secagg.fl_core.runtime.policy",
     "ClientSettings": "secagg.fl_core.runtime.client_app",
     "ClientTransport": "secagg.fl_core.transport.sockets",
     "CurveKeyPair": "secagg.fl_core.identity.keys",
@@ -123,6 +133,7 @@ _LAZY: dict[str, str] = {
     "FinetuneJob": "secagg.fl_core.finetune.job",
     "FlCoreError": "secagg.fl_core.errors",
     "NoiseSource": "secagg.fl_core.dp",
+    "PolicyRequired": "secagg.fl_core.errors",
     "PrivacyAccountant": "secagg.fl_core.dp",
     "RoundOutcome": "secagg.fl_core.runtime.driver",
     "ServerSettings": "secagg.fl_core.runtime.server_app",
@@ -148,6 +159,7 @@ __all__ = [
     "Checkpoint",
     "CheckpointError",
     "ClientKeys",
+    "ClientPolicy",
     "ClientSettings",
     "ClientTransport",
     "CurveKeyPair",
@@ -158,6 +170,7 @@ __all__ = [
     "FinetuneJob",
     "FlCoreError",
     "NoiseSource",
+    "PolicyRequired",
     "PrivacyAccountant",
     "RoundOutcome",
     "ServerSettings",

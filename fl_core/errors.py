@@ -19,6 +19,7 @@ __all__ = [
     "KeyFileError",
     "KeyFileExists",
     "PeerUnreachable",
+    "PolicyRequired",
     "TransportClosed",
     "TransportError",
     "TransportTimeout",
@@ -82,3 +83,22 @@ class PeerUnreachable(TransportError, LookupError):
 
 class TransportClosed(TransportError):
     """The transport was used after :meth:`close`."""
+
+
+# -- the client's policy -------------------------------------------------------------------
+
+
+class PolicyRequired(FlCoreError, ValueError):
+    """A client session was started without a
+    :class:`secagg.fl_core.runtime.policy.ClientPolicy` and without
+    ``insecure=True``: it would run whatever the server's round start says (a ``plain`` start
+    gets the update in the clear), so it refuses before connecting or sending anything."""
+
+    @classmethod
+    def for_client(cls, client_id: int) -> PolicyRequired:
+        """The error for ``client_id``, saying what to do."""
+        return cls(f"client {client_id}: no policy. Without the client's own policy the server "
+                   "would choose the protocol, mode and parameters (a round start saying "
+                   "'plain' gets the update in the clear). Pass policy=ClientPolicy."
+                   "from_key_folder(config_args, dim=..., keys=KEY_FOLDER) (docs/api.md), or "
+                   "insecure=True to trust the server (tests only)")

@@ -17,6 +17,8 @@ from secagg.protocols.context import MAX_CLIENT_ID, MAX_ROUND_ID
 KEY_BYTES = 32
 SIGNATURE_BYTES = 64
 NOISE_SEED_BYTES = 32  # one released noise component's seed (keys an AES stream)
+COMMITMENT_BYTES = 32  # SHA-256 commitment to a client's graph nonce
+NONCE_BYTES = 32  # a client's graph-seed nonce
 SHARE_PLAINTEXT_BYTES = 4 + 4 + 2 * shamir.SHARE_BYTES
 SHARE_CIPHERTEXT_BYTES = SHARE_PLAINTEXT_BYTES + aead.OVERHEAD
 MAX_CHUNKS = 2**24  # ciphertext chunks per vector (2^35 values at 2048 per chunk)
@@ -44,6 +46,8 @@ class MsgType(IntEnum):
     KEY_CONFIRM = 14
     CKKS_INPUT = 15
     ENCRYPTED_SUM = 16
+    COMMITMENTS = 17
+    REVEAL = 18
 
 
 def _int(name: str, v: Any, hi: int, lo: int = 0) -> None:

@@ -2,15 +2,20 @@
 
 Steps (``ClientStage`` says what the client waits for next):
 
-1. ``start(x)``: fresh X25519 key pairs ``c`` (share encryption) and ``s`` (masking) and a
-   32-byte self-mask seed ``b``; advertise ``c_pk, s_pk`` (signed in active mode).
-2. Roster: derive the neighbours from the public graph; Shamir-share ``b`` and ``s_sk`` (t of
-   the neighbours and itself) and AEAD-encrypt each neighbour's pair of shares under the
-   pairwise ``c`` key, bound to round, sender and recipient.
-3. Relayed shares: decrypt and keep them; the senders are the neighbours *fixed at share
+1. ``start(x)``: fresh X25519 key pairs ``c`` (share encryption) and ``s`` (masking), a
+   32-byte self-mask seed ``b`` and a 32-byte graph nonce; advertise ``c_pk, s_pk`` and the
+   nonce's commitment (signed in active mode).
+2. Commitments: the server's list of every advertiser's commitment (it must hold this
+   client's own, unchanged); answer with the nonce.
+3. Roster: check every committer's revealed nonce against its commitment (all of them must be
+   there), derive the graph seed and so the neighbours (:mod:`secagg.protocols.graph`: the
+   server cannot grind a graph that contains this client's fresh nonce); Shamir-share ``b``
+   and ``s_sk`` (t of the neighbours and itself) and AEAD-encrypt each neighbour's pair of
+   shares under the pairwise ``c`` key, bound to round, graph seed, sender and recipient.
+4. Relayed shares: decrypt and keep them; the senders are the neighbours *fixed at share
    time*. Send ``y = encode(x) + PRG(b) + sum_v +-PRG(s_uv) mod 2^bits``, bit-packed.
-4. Active mode: sign the survivor set the server announces.
-5. Unmask request: check it (below), answer once with seed shares of survivors and key shares
+5. Active mode: sign the survivor set the server announces (and the graph seed).
+6. Unmask request: check it (below), answer once with seed shares of survivors and key shares
    of the dropped, wipe everything.
 
 Removable noise ("add, then remove"; :meth:`SecAggClient.hold_removable`): the application
@@ -34,7 +39,6 @@ reveals.
 
 from __future__ import annotations
 
-import math
 import struct
 from typing import Any
 
@@ -50,14 +54,22 @@ from secagg.protocols import labels
 from secagg.protocols.context import RoundContext
 from secagg.protocols.encoding import FloatVector, check_input, encode_input
 from secagg.protocols.errors import LocalProtocolError, RemoteProtocolError, ThresholdError
-from secagg.protocols.graph import round_graph
+from secagg.protocols.graph import (
+    NONCE_BYTES,
+    NeighbourGraph,
+    commitment,
+    graph_seed,
+    round_graph,
+)
 from secagg.protocols.messages import (
     NOISE_SEED_BYTES,
     AdvertiseKeys,
+    Commitments,
     ConsistencyRequest,
     ConsistencySignature,
     MaskedInput,
     Message,
+    Reveal,
     Roster,
     ShareKeys,
     SharesRelay,
@@ -91,13 +103,14 @@ def release_quorum(n: int, t: int, corrupt: int) -> int:
 class _Secrets:
     """Everything secret a client holds; :meth:`wipe` drops it (best effort in Python)."""
 
-    __slots__ = ("c_key", "held", "input", "mask_seeds", "own", "removable", "s_key", "seed",
-                 "share_keys")
+    __slots__ = ("c_key", "held", "input", "mask_seeds", "nonce", "own", "removable", "s_key",
+                 "seed", "share_keys")
 
     def __init__(self) -> None:
         self.c_key: kex.KeyPair | None = None
         self.s_key: kex.KeyPair | None = None
         self.seed = bytearray()
+        self.nonce = b""  # the graph nonce: secret only until it is revealed
         self.input: tuple[FloatVector, float] | None = None
         # Raw 32-byte keys, not Aead objects: an AES-GCM context holds about 2.3 kB of
         # OpenSSL state, k of them per client from share time to relay time.
@@ -111,6 +124,7 @@ class _Secrets:
         self.seed[:] = bytes(len(self.seed))
         self.seed = bytearray()
         self.c_key = self.s_key = None
+        self.nonce = b""
         self.input = None
         self.share_keys.clear()
         self.mask_seeds.clear()
@@ -143,15 +157,23 @@ class SecAggClient(ClientBase[RoundContext]):
             raise LocalProtocolError("active mode needs the client's registered signing key")
         self._identity = identity if cfg.active else None
         self._s = _Secrets()
-        self._neighbours = round_graph(ctx).neighbours(client_id)
+        self._commitments: dict[int, bytes] = {}
+        self._seed = b""
+        self._graph: NeighbourGraph | None = None
+        self._neighbours: frozenset[int] = frozenset()
         self._advertised: frozenset[int] = frozenset()
         self._committed: frozenset[int] = frozenset()
         self._signed: tuple[int, ...] | None = None
 
     @property
     def neighbours(self) -> frozenset[int]:
-        """Neighbours in the round's graph (fixed by the context)."""
+        """Neighbours in the round's graph (empty until the roster fixed the graph seed)."""
         return self._neighbours
+
+    @property
+    def graph_seed(self) -> bytes:
+        """The graph seed this client derived from the revealed nonces (empty before)."""
+        return self._seed
 
     @property
     def advertised(self) -> frozenset[int]:
@@ -187,6 +209,8 @@ class SecAggClient(ClientBase[RoundContext]):
 
     def _dispatch(self, msg: Message) -> list[Message]:
         self._check_round(msg)
+        if isinstance(msg, Commitments):
+            return self._on_commitments(msg)
         if isinstance(msg, Roster):
             return self._on_roster(msg)
         if isinstance(msg, SharesRelay):
@@ -202,11 +226,53 @@ class SecAggClient(ClientBase[RoundContext]):
         s.input = check_input(self._ctx, x, weight)
         s.c_key, s.s_key = kex.KeyPair.generate(), kex.KeyPair.generate()
         s.seed = bytearray(rng.random_bytes(SEED_BYTES))
+        s.nonce = rng.random_bytes(NONCE_BYTES)
         c_pk, s_pk = s.c_key.public_bytes(), s.s_key.public_bytes()
+        com = commitment(self._ctx, self._id, s.nonce)
+        self._commitments = {self._id: com}
         sig = b""
         if self._identity is not None:
-            sig = self._identity.sign(labels.advert_payload(self._ctx, self._id, c_pk, s_pk))
-        return [AdvertiseKeys(self._ctx.round_id, self._id, c_pk, s_pk, sig)]
+            sig = self._identity.sign(labels.advert_payload(self._ctx, self._id, c_pk, s_pk,
+                                                            com))
+        return [AdvertiseKeys(self._ctx.round_id, self._id, c_pk, s_pk, com, sig)]
+
+    def _on_commitments(self, msg: Commitments) -> list[Message]:
+        """Keep the commitment list (it fixes whose nonces make the seed) and reveal.
+
+        Raises:
+            RemoteProtocolError: the list omits or alters this client's commitment, or names
+                a non-client.
+            ThresholdError: fewer than ``t`` committers.
+        """
+        ctx, me = self._ctx, self._id
+        coms = dict(msg.commitments)
+        if coms.get(me) != self._commitments[me]:
+            raise RemoteProtocolError("commitment list omits or alters my commitment")
+        if not all(ctx.is_client(u) for u in coms):
+            raise RemoteProtocolError("commitment list names non-clients")
+        if len(coms) < ctx.config.threshold:
+            raise ThresholdError(f"only {len(coms)} clients committed")
+        self._commitments = coms
+        return [Reveal(ctx.round_id, me, self._s.nonce)]
+
+    def _derive_graph(self, msg: Roster) -> None:
+        """Check every committer's nonce against its commitment, then fix seed and graph.
+
+        Raises:
+            RemoteProtocolError: a committer's nonce is missing, extra, or does not open its
+                commitment (``party`` names it).
+        """
+        ctx = self._ctx
+        reveals = dict(msg.reveals)
+        if reveals.keys() != self._commitments.keys():
+            raise RemoteProtocolError("reveals do not match the commitment list exactly")
+        for u, nonce in reveals.items():
+            if commitment(ctx, u, nonce) != self._commitments[u]:
+                raise RemoteProtocolError("revealed nonce does not open its commitment",
+                                          party=u)
+        self._seed = graph_seed(ctx, msg.reveals)
+        self._graph = round_graph(ctx, self._seed)
+        self._neighbours = self._graph.neighbours(self._id)
 
     def _check_roster(self, msg: Roster) -> dict[int, tuple[bytes, bytes]]:
         """The neighbours' ``(c_pk, s_pk)`` if the roster is acceptable.
@@ -214,6 +280,7 @@ class SecAggClient(ClientBase[RoundContext]):
         Raises:
             RemoteProtocolError, ThresholdError: it is not.
         """
+        self._derive_graph(msg)
         ctx, me, s = self._ctx, self._id, self._s
         entries = {e.client_id: e for e in msg.entries}
         if me not in entries or not set(entries) <= self._neighbours | {me}:
@@ -232,7 +299,8 @@ class SecAggClient(ClientBase[RoundContext]):
                 try:
                     ctx.verify_key(e.client_id).verify(
                         e.signature, labels.advert_payload(ctx, e.client_id, e.c_public,
-                                                           e.s_public))
+                                                           e.s_public,
+                                                           self._commitments[e.client_id]))
                 except InvalidSignature:
                     raise RemoteProtocolError("bad key signature", party=e.client_id) from None
         return {v: (e.c_public, e.s_public) for v, e in entries.items() if v != me}
@@ -270,7 +338,7 @@ class SecAggClient(ClientBase[RoundContext]):
                 s.own = (b_sh.to_bytes(), k_sh.to_bytes())
                 continue
             plaintext = struct.pack(">II", me, h) + b_sh.to_bytes() + k_sh.to_bytes()
-            ad = labels.share_associated_data(ctx, me, h)
+            ad = labels.share_associated_data(ctx, me, h, self._seed)
             cts.append((h, Aead(s.share_keys[h]).encrypt(plaintext, ad)))
         return [ShareKeys(ctx.round_id, me, tuple(cts))]
 
@@ -285,7 +353,8 @@ class SecAggClient(ClientBase[RoundContext]):
         n = shamir.SHARE_BYTES
         for u, ct in msg.ciphertexts:
             try:
-                pt = Aead(s.share_keys[u]).decrypt(ct, labels.share_associated_data(ctx, u, me))
+                pt = Aead(s.share_keys[u]).decrypt(
+                    ct, labels.share_associated_data(ctx, u, me, self._seed))
             except InvalidCiphertext:
                 raise RemoteProtocolError("share ciphertext does not open", party=u) from None
             b_raw, k_raw = pt[8 : 8 + n], pt[8 + n :]
@@ -331,7 +400,7 @@ class SecAggClient(ClientBase[RoundContext]):
             raise ThresholdError(f"only {len(survivors)} survivors announced")
         assert self._identity is not None
         self._signed = survivors
-        sig = self._identity.sign(labels.consistency_payload(ctx, survivors))
+        sig = self._identity.sign(labels.consistency_payload(ctx, survivors, self._seed))
         return [ConsistencySignature(ctx.round_id, me, sig)]
 
     def _check_unmask(self, msg: UnmaskRequest) -> frozenset[int]:
@@ -371,11 +440,12 @@ class SecAggClient(ClientBase[RoundContext]):
         ctx, me, signed = self._ctx, self._id, set(self._signed or ())
         if alive != signed & (self._committed | {me}) or dropped != self._committed - signed:
             raise RemoteProtocolError("unmask request contradicts the signed survivor set")
-        graph, t = round_graph(ctx), ctx.config.threshold
+        graph, t = self._graph, ctx.config.threshold
+        assert graph is not None  # fixed at the roster, before any share was made
         owners = sorted(self._committed | {me})
         closed = {u: graph.neighbours(u) | {u} for u in owners}
         relevant = set().union(*closed.values())
-        payload = labels.consistency_payload(ctx, self._signed or ())
+        payload = labels.consistency_payload(ctx, self._signed or (), self._seed)
         valid: set[int] = set()
         for v, sig in msg.signatures:
             if v not in signed:
@@ -413,7 +483,7 @@ class SecAggClient(ClientBase[RoundContext]):
         if self._signed is not None:
             if count != len(self._signed):
                 raise RemoteProtocolError("survivor count differs from the set I signed")
-            corrupt = math.ceil(ctx.config.corruption_rate * n)
+            corrupt = ctx.config.corrupt
             if self._quorum_signers(msg, verified) < release_quorum(n, t, corrupt):
                 return ()  # keep the excess noise: more noise is always safe
         return tuple((j, self._s.removable[j]) for j in sorted(self._s.removable)
@@ -423,7 +493,7 @@ class SecAggClient(ClientBase[RoundContext]):
         """Valid signatures on the signed set, from anyone in the cohort: those
         :meth:`_check_signatures` verified, plus the others, verified here once."""
         ctx = self._ctx
-        payload = labels.consistency_payload(ctx, self._signed or ())
+        payload = labels.consistency_payload(ctx, self._signed or (), self._seed)
         valid = len(verified)
         for v, sig in msg.signatures:
             if v in verified:

@@ -49,7 +49,7 @@ from secagg.ckks_params import PRESETS
 from secagg.errors import RangeError
 from secagg.fixedpoint import FixedPointConfig, Rounding
 from secagg.protocols.errors import ConfigError
-from secagg.protocols.params import graph_parameters, security_threshold
+from secagg.protocols.params import corrupt_count, graph_parameters, security_threshold
 
 __all__ = ["CKKS_MIN_SCALE", "DEFAULT_SCALE", "ProtocolKind", "SecAggConfig"]
 
@@ -141,6 +141,11 @@ class SecAggConfig:
         weighted: clients send ``w * x`` and ``w``; the result is the weighted mean.
         max_weight: weights lie in ``[0, max_weight]``.
         dropout_rate, corruption_rate, sigma, eta: inputs of the SecAgg+ rule.
+        population: the number of allowlisted clients the cohort is picked from (None: the
+            cohort is the whole population). A server that picks cohorts can place every one
+            of its ``ceil(corruption_rate * population)`` sybils in one cohort, so ``k`` and
+            ``t`` are sized for that many corrupted clients (:attr:`corrupt`;
+            docs/threat-model.md, "Cohort choice").
         rounding: fixed-point rounding mode.
         ckks_layout: CKKS slot layout (its ``preset`` included); ``None`` unless CKKS.
         ckks_seeded: CKKS uploads as seeded (half-size) ciphertexts; ``True`` unless CKKS.
@@ -163,6 +168,7 @@ class SecAggConfig:
     rounding: Rounding
     ckks_layout: SlotLayout | None
     ckks_seeded: bool
+    population: int | None
 
     def __init__(
         self,
@@ -184,6 +190,7 @@ class SecAggConfig:
         rounding: Rounding = Rounding.NEAREST,
         ckks_preset: str | None = None,
         ckks_seeded: bool = True,
+        population: int | None = None,
     ) -> None:
         """Validate and derive every parameter left out.
 
@@ -214,7 +221,9 @@ class SecAggConfig:
         eta = _int("eta", eta, 1, 256)
         if not isinstance(rounding, Rounding):
             raise TypeError(f"rounding must be Rounding, got {type(rounding).__name__}")
-        k, threshold = _graph(kind, n, k, threshold, rates, sigma, eta)
+        if population is not None:
+            population = _int("population", population, n, _MAX_N)
+        k, threshold = _graph(kind, n, k, threshold, rates, sigma, eta, population)
         fp = _fixed_point(n, clip, bits, scale)
         if kind is ProtocolKind.CKKS and scale is None and bits is None:
             fp = _ckks_default_fixed_point(kind, fp, ckks_preset, ckks_seeded)
@@ -228,6 +237,7 @@ class SecAggConfig:
             raise ConfigError("the plaintext baseline has no active mode")
         values["ckks_layout"] = _ckks_layout(kind, fp, ckks_preset, ckks_seeded)
         values["ckks_seeded"] = ckks_seeded
+        values["population"] = population
         for name, value in values.items():
             object.__setattr__(self, name, value)
 
@@ -235,6 +245,11 @@ class SecAggConfig:
     def fixed_point(self) -> FixedPointConfig:
         """The fixed-point ring every client encodes into."""
         return FixedPointConfig(bits=self.bits, scale=self.scale, clip=self.clip, n_max=self.n)
+
+    @property
+    def corrupt(self) -> int:
+        """Corrupted clients ``k`` and ``t`` are sized for (:func:`corrupt_count`)."""
+        return corrupt_count(self.n, self.corruption_rate, self.population)
 
     @property
     def is_secure(self) -> bool:
@@ -282,6 +297,8 @@ class SecAggConfig:
             name = self.ckks_layout.preset.name.encode()
             parts += [struct.pack(">B", len(name)), name,
                       struct.pack(">B?", self.ckks_layout.value_bits, self.ckks_seeded)]
+        if self.population is not None:  # tagged: configs without one encode as before
+            parts += [b"secagg/population", struct.pack(">I", self.population)]
         return b"".join(parts)
 
     @property
@@ -292,7 +309,7 @@ class SecAggConfig:
 
 def _graph(
     kind: ProtocolKind, n: int, k: int | None, t: int | None,
-    rates: dict[str, float], sigma: int, eta: int,
+    rates: dict[str, float], sigma: int, eta: int, population: int | None = None,
 ) -> tuple[int, int]:
     """Resolve (k, threshold) for the protocol.
 
@@ -314,9 +331,9 @@ def _graph(
         if k not in (None, n - 1):
             raise ConfigError(f"SecAgg uses the complete graph: k must be n-1 = {n - 1}")
         k = n - 1
-    kw: dict[str, Any] = {"sigma": sigma, "eta": eta, **rates}
+    kw: dict[str, Any] = {"sigma": sigma, "eta": eta, "population": population, **rates}
     if kind is ProtocolKind.SECAGG and t is None:
-        corrupt = math.ceil(rates["corruption_rate"] * n)
+        corrupt = corrupt_count(n, rates["corruption_rate"], population)
         t = security_threshold(n, n - 1, corrupt, sigma)
     return graph_parameters(n, k=k, t=t, **kw)
 

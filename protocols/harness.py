@@ -6,10 +6,12 @@ again on the other side (bytes counted per client, up and down), and every parti
 is timed with ``time.perf_counter`` (codec time included, charged to whoever runs it); see
 :mod:`secagg.protocols.simulation`.
 
-``drop`` maps a stage name (``"advertise"``, ``"share"``, ``"masked_input"``,
+``drop`` maps a stage name (``"advertise"``, ``"reveal"``, ``"share"``, ``"masked_input"``,
 ``"consistency"``, ``"unmask"``) to the ids that fail to send that stage's message; a client
 that drops stays gone for the rest of the round. Dropping at ``advertise``/``share`` keeps a
-client out of everyone's shares and masks (an absent neighbour in the fixed graph); at
+client out of everyone's shares and masks (an absent neighbour in the graph); a client that
+advertised and then fails to reveal its graph nonce aborts the round (``ThresholdError``:
+the seed needs every committed nonce, see :mod:`secagg.protocols.graph`); at
 ``masked_input`` its pairwise masks are recovered from key shares; at
 ``consistency``/``unmask`` its input is still counted, it just stops answering. The plaintext
 baseline has one stage (``masked_input``): any drop up to it leaves the client out.
@@ -65,7 +67,7 @@ if TYPE_CHECKING:  # CKKS is an extra (TenSEAL): imported where a CKKS round nee
 __all__ = ["STAGES", "RoundResult", "RoundSimulation", "create_client", "create_server",
            "run_round"]
 
-STAGES = ("advertise", "share", "masked_input", "consistency", "unmask")
+STAGES = ("advertise", "reveal", "share", "masked_input", "consistency", "unmask")
 
 
 def create_server(

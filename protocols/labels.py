@@ -65,21 +65,27 @@ def self_mask_label(ctx: RoundContext, u: int) -> bytes:
     return b"secagg/v1/mask/self" + ctx.digest + struct.pack(">QI", ctx.round_id, u)
 
 
-def share_associated_data(ctx: RoundContext, sender: int, recipient: int) -> bytes:
-    """AEAD associated data of the share ciphertext from ``sender`` to ``recipient``."""
-    return (b"secagg/v1/shares" + ctx.digest
+def share_associated_data(ctx: RoundContext, sender: int, recipient: int,
+                          graph_seed: bytes) -> bytes:
+    """AEAD associated data of the share ciphertext from ``sender`` to ``recipient``; the
+    graph seed is bound in, so clients shown different commitment lists (different graphs)
+    never open each other's shares."""
+    return (b"secagg/v2/shares" + ctx.digest + graph_seed
             + struct.pack(">QII", ctx.round_id, sender, recipient))
 
 
-def advert_payload(ctx: RoundContext, u: int, c_pk: bytes, s_pk: bytes) -> bytes:
-    """What client ``u`` signs when it advertises its two public keys (active mode)."""
-    return (b"secagg/v1/advertise" + ctx.digest + struct.pack(">QI", ctx.round_id, u)
-            + c_pk + s_pk)
+def advert_payload(ctx: RoundContext, u: int, c_pk: bytes, s_pk: bytes,
+                   commitment: bytes) -> bytes:
+    """What client ``u`` signs when it advertises its two public keys and its graph-nonce
+    commitment (active mode)."""
+    return (b"secagg/v2/advertise" + ctx.digest + struct.pack(">QI", ctx.round_id, u)
+            + c_pk + s_pk + commitment)
 
 
-def consistency_payload(ctx: RoundContext, survivors: Sequence[int]) -> bytes:
-    """What each client signs in the consistency check: the survivor set it was shown."""
-    return (b"secagg/v1/consistency" + ctx.digest
+def consistency_payload(ctx: RoundContext, survivors: Sequence[int], graph_seed: bytes) -> bytes:
+    """What each client signs in the consistency check: the survivor set it was shown, under
+    the graph seed it computed (a signature counts only for clients of the same graph)."""
+    return (b"secagg/v2/consistency" + ctx.digest + graph_seed
             + struct.pack(f">QI{len(survivors)}I", ctx.round_id, len(survivors), *survivors))
 
 

@@ -5,8 +5,9 @@ immutable and has exactly one wire encoding. Constructors check types, ranges an
 lengths and raise ``TypeError`` / ``ValueError``; :mod:`secagg.protocols.wire` turns those into
 :class:`secagg.protocols.errors.RemoteProtocolError` when the bytes came from a peer.
 
-Client -> server: AdvertiseKeys, ShareKeys, MaskedInput, ConsistencySignature, UnmaskResponse.
-Server -> client: Roster, SharesRelay, ConsistencyRequest, UnmaskRequest.
+Client -> server: AdvertiseKeys, Reveal, ShareKeys, MaskedInput, ConsistencySignature,
+UnmaskResponse. Server -> client: Commitments, Roster, SharesRelay, ConsistencyRequest,
+UnmaskRequest.
 
 CKKS key setup (``round_id`` is the key epoch): KeyAdvert, KeyDistribution (leader) and
 KeyConfirm up; KeyRoster and KeyDelivery down. CKKS rounds: CkksInput up, EncryptedSum down.
@@ -20,12 +21,14 @@ from typing import ClassVar
 from secagg import shamir
 from secagg.packing import packed_size
 from secagg.protocols._fields import (
+    COMMITMENT_BYTES,
     KEY_BYTES,
     MAX_CHUNK_BYTES,
     MAX_CHUNKS,
     MAX_CONTEXT_BYTES,
     MAX_SECRET_BYTES,
     NOISE_SEED_BYTES,
+    NONCE_BYTES,
     SHARE_CIPHERTEXT_BYTES,
     SHARE_PLAINTEXT_BYTES,
     SIGNATURE_BYTES,
@@ -50,17 +53,20 @@ from secagg.protocols.ckks_messages import (
 from secagg.protocols.context import MAX_CLIENT_ID
 
 __all__ = [
+    "COMMITMENT_BYTES",
     "KEY_BYTES",
     "MAX_CHUNKS",
     "MAX_CHUNK_BYTES",
     "MAX_CONTEXT_BYTES",
     "MAX_SECRET_BYTES",
     "NOISE_SEED_BYTES",
+    "NONCE_BYTES",
     "SHARE_CIPHERTEXT_BYTES",
     "SHARE_PLAINTEXT_BYTES",
     "SIGNATURE_BYTES",
     "AdvertiseKeys",
     "CkksInput",
+    "Commitments",
     "ConsistencyRequest",
     "ConsistencySignature",
     "EncryptedSum",
@@ -73,6 +79,7 @@ __all__ = [
     "MaskedInput",
     "Message",
     "MsgType",
+    "Reveal",
     "Roster",
     "RosterEntry",
     "ShareKeys",
@@ -84,20 +91,51 @@ __all__ = [
 
 @dataclass(frozen=True, slots=True)
 class AdvertiseKeys:
-    """Client -> server: its share-encryption (c) and masking (s) X25519 public keys."""
+    """Client -> server: its share-encryption (c) and masking (s) X25519 public keys, and
+    its commitment to a fresh graph-seed nonce (:func:`secagg.protocols.graph.commitment`)."""
 
     TYPE: ClassVar[MsgType] = MsgType.ADVERTISE_KEYS
     round_id: int
     sender: int
     c_public: bytes
     s_public: bytes
+    commitment: bytes
     signature: bytes = b""  # Ed25519 over labels.advert_payload in active mode
 
     def __post_init__(self) -> None:
         _round_sender(self)
         _bytes("c_public", self.c_public, KEY_BYTES)
         _bytes("s_public", self.s_public, KEY_BYTES)
+        _bytes("commitment", self.commitment, COMMITMENT_BYTES)
         _bytes("signature", self.signature, 0, SIGNATURE_BYTES)
+
+
+@dataclass(frozen=True, slots=True)
+class Commitments:
+    """Server -> client: the graph-nonce commitment of every client that advertised
+    (``(id, commitment)``, ids ascending); the same list goes to each of them."""
+
+    TYPE: ClassVar[MsgType] = MsgType.COMMITMENTS
+    round_id: int
+    commitments: tuple[tuple[int, bytes], ...]
+
+    def __post_init__(self) -> None:
+        _round_sender(self)
+        _pairs("commitments", self.commitments, COMMITMENT_BYTES)
+
+
+@dataclass(frozen=True, slots=True)
+class Reveal:
+    """Client -> server: the graph-seed nonce it committed to."""
+
+    TYPE: ClassVar[MsgType] = MsgType.REVEAL
+    round_id: int
+    sender: int
+    nonce: bytes
+
+    def __post_init__(self) -> None:
+        _round_sender(self)
+        _bytes("nonce", self.nonce, NONCE_BYTES)
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,15 +156,18 @@ class RosterEntry:
 
 @dataclass(frozen=True, slots=True)
 class Roster:
-    """Server -> client: the advertised keys of the recipient and of its advertised neighbours."""
+    """Server -> client: every committer's revealed nonce (``(id, nonce)``, ids ascending:
+    the graph seed) and the advertised keys of the recipient and its advertised neighbours."""
 
     TYPE: ClassVar[MsgType] = MsgType.ROSTER
     round_id: int
     entries: tuple[RosterEntry, ...]
+    reveals: tuple[tuple[int, bytes], ...] = ()
 
     def __post_init__(self) -> None:
         _round_sender(self)
         _entries(self.entries, RosterEntry)
+        _pairs("reveals", self.reveals, NONCE_BYTES)
 
 
 @dataclass(frozen=True, slots=True)
@@ -250,8 +291,8 @@ class UnmaskResponse:
 
 
 Message = (
-    AdvertiseKeys | Roster | ShareKeys | SharesRelay | MaskedInput | ConsistencyRequest
-    | ConsistencySignature | UnmaskRequest | UnmaskResponse | KeyAdvert | KeyRoster
-    | KeyDistribution | KeyDelivery | KeyConfirm | CkksInput | EncryptedSum
+    AdvertiseKeys | Commitments | Reveal | Roster | ShareKeys | SharesRelay | MaskedInput
+    | ConsistencyRequest | ConsistencySignature | UnmaskRequest | UnmaskResponse | KeyAdvert
+    | KeyRoster | KeyDistribution | KeyDelivery | KeyConfirm | CkksInput | EncryptedSum
 )
 """Any protocol message."""

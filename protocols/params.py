@@ -40,7 +40,17 @@ import math
 
 from secagg.protocols.errors import ConfigError
 
-__all__ = ["graph_parameters", "min_threshold", "security_threshold"]
+__all__ = ["cohort_choice_risk", "corrupt_count", "graph_parameters", "min_threshold",
+           "security_threshold"]
+
+
+def corrupt_count(n: int, corruption_rate: float, population: int | None = None) -> int:
+    """The corrupted clients a cohort of ``n`` is sized for: ``ceil(rate * n)``, or, when the
+    cohort is picked out of a ``population`` of ``N`` allowlisted clients by a server that may
+    control ``ceil(rate * N)`` of them, all of those (it can put every one of its sybils into
+    the cohort it picks), at most ``n - 1``."""
+    base = n if population is None else max(n, population)
+    return min(math.ceil(corruption_rate * base), n - 1)
 
 
 def min_threshold(k: int) -> int:
@@ -76,6 +86,32 @@ def _connected(n: int, k: int, bad: int, sigma: int) -> bool:
     return math.log(n * (n - 1) / 2) + log_p <= -sigma * math.log(2)
 
 
+def _tail(pop: int, succ: int, draws: int, at_least: int) -> float:
+    """``P[X >= at_least]`` for ``X ~ Hypergeometric(pop, succ, draws)``, summed exactly."""
+    succ = min(succ, pop)
+    log_total = _log_comb(pop, draws)
+    lo = max(at_least, 0, draws - (pop - succ))
+    return sum(math.exp(_log_comb(succ, x) + _log_comb(pop - succ, draws - x) - log_total)
+               for x in range(lo, min(succ, draws) + 1))
+
+
+def cohort_choice_risk(n: int, k: int, t: int, corrupt: int) -> tuple[float, float, float]:
+    """What a server that packs ``corrupt`` sybils into a cohort of ``n`` gets per round, when
+    the graph is uniformly random (the committed nonces: :mod:`secagg.protocols.graph`).
+
+    Returns ``(t_or_more, split, any_victim)``: for one honest victim, the probability that
+    ``t`` or more of its ``k`` neighbours are sybils (they rebuild both its secrets alone),
+    that condition 2 breaks (``C >= 2t - k - 1``: honest holders can be split into revealing
+    both), and the union bound of the latter over the ``n - corrupt`` honest clients (capped
+    at 1). With ``k = n - 1`` every honest client has exactly ``corrupt`` sybil neighbours.
+    """
+    if not 0 <= corrupt < n:
+        raise ValueError(f"corrupt must be in [0, n), got {corrupt}")
+    t_or_more = _tail(n - 1, corrupt, k, t)
+    split = _tail(n - 1, corrupt, k, 2 * t - k - 1)
+    return t_or_more, split, min(1.0, (n - corrupt) * split)
+
+
 def security_threshold(n: int, k: int, corrupt: int, sigma: int) -> int:
     """The least ``t`` meeting condition (2) for degree ``k`` with ``corrupt`` bad clients."""
     c_star = _upper_quantile(n - 1, corrupt, k, 2.0**-sigma / n)
@@ -101,15 +137,17 @@ def graph_parameters(
     eta: int,
     k: int | None = None,
     t: int | None = None,
+    population: int | None = None,
 ) -> tuple[int, int]:
-    """Return ``(k, t)`` for ``n`` clients, deriving whichever of ``k`` and ``t`` is None.
+    """Return ``(k, t)`` for ``n`` clients, deriving whichever of ``k`` and ``t`` is None;
+    the corrupted count is :func:`corrupt_count` (``population``: see there).
 
     Raises:
         ConfigError: a given ``k`` is neither even in ``[2, n - 2]`` nor ``n - 1``; a given
             ``t`` is outside ``[t_security(k), k + 1]``; a given ``k`` leaves the graph
             possibly disconnected; or even the complete graph cannot meet (2).
     """
-    corrupt = math.ceil(corruption_rate * n)
+    corrupt = corrupt_count(n, corruption_rate, population)
     dropped = math.ceil(dropout_rate * n)
     bad = min(n, corrupt + dropped)
     if k is not None:
@@ -140,5 +178,5 @@ def graph_parameters(
     # the complete graph, and tolerate the dropouts that the threshold leaves room for.
     return graph_parameters(
         n, corruption_rate=corruption_rate, dropout_rate=dropout_rate, sigma=sigma, eta=eta,
-        k=n - 1, t=t,
+        k=n - 1, t=t, population=population,
     )

@@ -24,6 +24,7 @@ from secagg.protocols.errors import LocalProtocolError, RemoteProtocolError
 from secagg.protocols.messages import (
     AdvertiseKeys,
     CkksInput,
+    Commitments,
     ConsistencyRequest,
     ConsistencySignature,
     EncryptedSum,
@@ -34,6 +35,7 @@ from secagg.protocols.messages import (
     KeyRoster,
     MaskedInput,
     Message,
+    Reveal,
     Roster,
     ShareKeys,
     SharesRelay,
@@ -45,8 +47,8 @@ from secagg.protocols.transitions import START, ClientStage, ClientTable, Server
 __all__ = ["MESSAGE_TYPES", "ClientBase", "CtxT", "ServerBase"]
 
 MESSAGE_TYPES = (
-    AdvertiseKeys, Roster, ShareKeys, SharesRelay, MaskedInput, ConsistencyRequest,
-    ConsistencySignature, UnmaskRequest, UnmaskResponse, KeyAdvert, KeyRoster,
+    AdvertiseKeys, Commitments, Reveal, Roster, ShareKeys, SharesRelay, MaskedInput,
+    ConsistencyRequest, ConsistencySignature, UnmaskRequest, UnmaskResponse, KeyAdvert, KeyRoster,
     KeyDistribution, KeyDelivery, KeyConfirm, CkksInput, EncryptedSum,
 )
 

@@ -1,9 +1,11 @@
 """The SecAgg / SecAgg+ server: collects each stage, relays, and unmasks the sum.
 
-Sets of the paper: ``U1`` advertised, ``U2`` shared keys, ``U3`` sent a masked input (their
-inputs are the aggregate), ``U4`` signed the survivor set (active mode), ``U5`` answered the
-unmask request. The server stops with :class:`ThresholdError` as soon as some secret it will
-need has fewer than ``t`` possible holders left, before asking anyone to reveal anything.
+Sets of the paper: ``U1`` advertised (and committed to a graph nonce; every one of them must
+reveal it, or the round aborts: :mod:`secagg.protocols.graph`), ``U2`` shared keys, ``U3``
+sent a masked input (their inputs are the aggregate), ``U4`` signed the survivor set (active
+mode), ``U5`` answered the unmask request. The server stops with :class:`ThresholdError` as
+soon as some secret it will need has fewer than ``t`` possible holders left, before asking
+anyone to reveal anything.
 Masked inputs are added into one running ring sum on receipt, so memory stays at one vector.
 Unmasking is batched (:mod:`.recovery`): secrets that share holders share one Lagrange
 precomputation, and all masks are stripped in one chunked pass over the sum, on
@@ -35,14 +37,16 @@ from secagg.protocols.client import removable_levels
 from secagg.protocols.context import RoundContext
 from secagg.protocols.encoding import decode_aggregate
 from secagg.protocols.errors import LocalProtocolError, RemoteProtocolError, ThresholdError
-from secagg.protocols.graph import NeighbourGraph, round_graph
+from secagg.protocols.graph import NeighbourGraph, commitment, graph_seed, round_graph
 from secagg.protocols.holders import ring_order
 from secagg.protocols.messages import (
     AdvertiseKeys,
+    Commitments,
     ConsistencyRequest,
     ConsistencySignature,
     MaskedInput,
     Message,
+    Reveal,
     Roster,
     RosterEntry,
     ShareKeys,
@@ -79,9 +83,11 @@ class SecAggServer(ServerBase[RoundContext]):
             raise LocalProtocolError(f"SecAggServer cannot run {cfg.protocol.value!r}")
         self._adverts: dict[int, AdvertiseKeys] = {}
         self._keys_seen: set[bytes] = set()
-        self._graph = round_graph(ctx)
-        self._adj = Adjacency(self._graph)
-        self._in_u1 = self._adj.mask(())
+        self._reveals: dict[int, bytes] = {}
+        self._seed = b""
+        self._graph_or_none: NeighbourGraph | None = None
+        self._adj_or_none: Adjacency | None = None
+        self._in_u1 = np.zeros(0, dtype=np.bool_)
         self._u1: frozenset[int] = frozenset()
         self._shared: dict[int, tuple[tuple[int, bytes], ...]] = {}  # sender -> ciphertexts
         self._u2: frozenset[int] = frozenset()
@@ -103,8 +109,28 @@ class SecAggServer(ServerBase[RoundContext]):
 
     @property
     def graph(self) -> NeighbourGraph:
-        """The round's neighbour graph (fixed by the context)."""
-        return self._graph
+        """The round's neighbour graph (fixed once every committer revealed its nonce).
+
+        Raises:
+            LocalProtocolError: the reveal stage has not closed yet.
+        """
+        if self._graph_or_none is None:
+            raise LocalProtocolError("the graph is fixed when the reveal stage closes")
+        return self._graph_or_none
+
+    @property
+    def graph_seed(self) -> bytes:
+        """The graph seed from the revealed nonces (empty before the reveal stage closed)."""
+        return self._seed
+
+    @property
+    def _graph(self) -> NeighbourGraph:
+        return self.graph
+
+    @property
+    def _adj(self) -> Adjacency:
+        assert self._adj_or_none is not None, "the graph is fixed when the reveal stage closes"
+        return self._adj_or_none
 
     def _nbrs(self, u: int) -> frozenset[int]:
         return self._adj.neighbours(u)
@@ -114,6 +140,10 @@ class SecAggServer(ServerBase[RoundContext]):
     def _accept(self, sender: int, msg: Message) -> None:
         if isinstance(msg, AdvertiseKeys):
             self._accept_advert(sender, msg)
+        elif isinstance(msg, Reveal):
+            if commitment(self._ctx, sender, msg.nonce) != self._adverts[sender].commitment:
+                raise RemoteProtocolError("revealed nonce does not open the commitment")
+            self._reveals[sender] = msg.nonce
         elif isinstance(msg, ShareKeys):
             # Recipients are strictly ascending (the message checks it), as is this list.
             if ([r for r, _ in msg.ciphertexts]
@@ -125,7 +155,7 @@ class SecAggServer(ServerBase[RoundContext]):
         elif isinstance(msg, ConsistencySignature):
             try:
                 self._ctx.verify_key(sender).verify(
-                    msg.signature, labels.consistency_payload(self._ctx, self._u3))
+                    msg.signature, labels.consistency_payload(self._ctx, self._u3, self._seed))
             except InvalidSignature:
                 raise RemoteProtocolError("consistency signature invalid") from None
             self._sigs[sender] = msg.signature
@@ -136,7 +166,8 @@ class SecAggServer(ServerBase[RoundContext]):
         if msg.c_public == msg.s_public or {msg.c_public, msg.s_public} & self._keys_seen:
             raise RemoteProtocolError("public key reused")
         if self._ctx.config.active:
-            payload = labels.advert_payload(self._ctx, sender, msg.c_public, msg.s_public)
+            payload = labels.advert_payload(self._ctx, sender, msg.c_public, msg.s_public,
+                                            msg.commitment)
             try:
                 self._ctx.verify_key(sender).verify(msg.signature, payload)
             except InvalidSignature:
@@ -188,6 +219,8 @@ class SecAggServer(ServerBase[RoundContext]):
                                  f"need {t}")
         if stage is ServerStage.ADVERTISE:
             return self._close_advertise(received)
+        if stage is ServerStage.REVEAL:
+            return self._close_reveal(received)
         if stage is ServerStage.SHARE:
             return self._close_share(received)
         if stage is ServerStage.MASKED_INPUT:
@@ -197,10 +230,32 @@ class SecAggServer(ServerBase[RoundContext]):
         return self._finish(received)
 
     def _close_advertise(self, u1: frozenset[int]) -> dict[int, Message]:
-        """Send each client the keys of its advertised neighbours; a client with fewer than
-        ``t - 1`` of them could never have its secrets rebuilt, so it is left out (it then
-        counts as dropped before sharing)."""
+        """Fix ``U1`` and send each of its clients the one list of their commitments."""
         self._adverts = {u: self._adverts[u] for u in sorted(u1)}
+        self._u1 = u1
+        coms = Commitments(self._ctx.round_id,
+                           tuple((u, a.commitment) for u, a in self._adverts.items()))
+        return dict.fromkeys(sorted(u1), coms)
+
+    def _close_reveal(self, revealed: frozenset[int]) -> dict[int, Message]:
+        """Every committer revealed: fix the graph seed, then send each client the reveals
+        and the keys of its advertised neighbours; a client with fewer than ``t - 1`` of them
+        could never have its secrets rebuilt, so it is left out (it then counts as dropped
+        before sharing).
+
+        Raises:
+            ThresholdError: a committer did not reveal (``party`` names one): dropping it
+                would let the server choose the seed among subsets, so the round aborts.
+        """
+        u1 = self._u1
+        if revealed != u1:
+            missing = sorted(u1 - revealed)
+            raise ThresholdError(f"{len(missing)} committed clients did not reveal their graph "
+                                 "nonce; the round aborts", party=missing[0])
+        reveals = tuple(sorted(self._reveals.items()))
+        self._seed = graph_seed(self._ctx, reveals)
+        self._graph_or_none = round_graph(self._ctx, self._seed)
+        self._adj_or_none = Adjacency(self._graph_or_none)
         entries = {u: RosterEntry(u, a.c_public, a.s_public, a.signature)
                    for u, a in self._adverts.items()}
         t, rid = self._ctx.config.threshold, self._ctx.round_id
@@ -210,8 +265,8 @@ class SecAggServer(ServerBase[RoundContext]):
             holders = self._adj.neighbours_in(v, in_u1)
             if len(holders) + 1 >= t:
                 bisect.insort(holders, v)
-                out[v] = Roster(rid, tuple(entries[w] for w in holders))
-        self._u1, self._in_u1 = u1, in_u1
+                out[v] = Roster(rid, tuple(entries[w] for w in holders), reveals)
+        self._in_u1 = in_u1
         return out
 
     def _close_share(self, u2: frozenset[int]) -> dict[int, Message]:

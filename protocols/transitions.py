@@ -40,6 +40,7 @@ class ClientStage(Enum):
     """Where a client is: the name says what it waits for."""
 
     NEW = "new"
+    AWAIT_COMMITMENTS = "await_commitments"
     AWAIT_ROSTER = "await_roster"
     AWAIT_SHARES = "await_shares"
     AWAIT_CONSISTENCY = "await_consistency"
@@ -54,6 +55,7 @@ class ServerStage(Enum):
     """The stage a server is collecting; values are the harness's stage names."""
 
     ADVERTISE = "advertise"
+    REVEAL = "reveal"
     SHARE = "share"
     MASKED_INPUT = "masked_input"
     CONSISTENCY = "consistency"
@@ -102,7 +104,8 @@ _C = ClientStage
 _S = ServerStage
 
 _PASSIVE: dict[tuple[ClientStage, ClientInput], ClientStage] = {
-    (_C.NEW, START): _C.AWAIT_ROSTER,
+    (_C.NEW, START): _C.AWAIT_COMMITMENTS,
+    (_C.AWAIT_COMMITMENTS, MsgType.COMMITMENTS): _C.AWAIT_ROSTER,
     (_C.AWAIT_ROSTER, MsgType.ROSTER): _C.AWAIT_SHARES,
     (_C.AWAIT_SHARES, MsgType.SHARES_RELAY): _C.AWAIT_UNMASK,
     (_C.AWAIT_UNMASK, MsgType.UNMASK_REQUEST): _C.DONE,
@@ -116,20 +119,23 @@ _PLAIN: dict[tuple[ClientStage, ClientInput], ClientStage] = {(_C.NEW, START): _
 
 _SERVER_ACCEPT = {
     _S.ADVERTISE: MsgType.ADVERTISE_KEYS,
+    _S.REVEAL: MsgType.REVEAL,
     _S.SHARE: MsgType.SHARE_KEYS,
     _S.MASKED_INPUT: MsgType.MASKED_INPUT,
     _S.CONSISTENCY: MsgType.CONSISTENCY_SIGNATURE,
     _S.UNMASK: MsgType.UNMASK_RESPONSE,
 }
 _SERVER_CLOSE_ACTIVE: dict[ServerStage, ServerStage] = {
-    _S.ADVERTISE: _S.SHARE,
+    _S.ADVERTISE: _S.REVEAL,
+    _S.REVEAL: _S.SHARE,
     _S.SHARE: _S.MASKED_INPUT,
     _S.MASKED_INPUT: _S.CONSISTENCY,
     _S.CONSISTENCY: _S.UNMASK,
     _S.UNMASK: _S.DONE,
 }
 _SERVER_CLOSE_PASSIVE: dict[ServerStage, ServerStage] = {
-    _S.ADVERTISE: _S.SHARE,
+    _S.ADVERTISE: _S.REVEAL,
+    _S.REVEAL: _S.SHARE,
     _S.SHARE: _S.MASKED_INPUT,
     _S.MASKED_INPUT: _S.UNMASK,
     _S.UNMASK: _S.DONE,

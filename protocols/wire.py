@@ -21,6 +21,7 @@ from secagg.protocols.errors import RemoteProtocolError
 from secagg.protocols.messages import (
     AdvertiseKeys,
     CkksInput,
+    Commitments,
     ConsistencyRequest,
     ConsistencySignature,
     EncryptedSum,
@@ -33,6 +34,7 @@ from secagg.protocols.messages import (
     MaskedInput,
     Message,
     MsgType,
+    Reveal,
     Roster,
     RosterEntry,
     ShareKeys,
@@ -44,7 +46,7 @@ from secagg.protocols.messages import (
 __all__ = ["MAGIC", "WIRE_VERSION", "decode", "encode"]
 
 MAGIC = b"SA"
-WIRE_VERSION = 2
+WIRE_VERSION = 3  # 3: graph-nonce commitments and reveals (SecAgg+ graphs the server cannot grind)
 _HEADER = struct.Struct(">2sBB")
 _KEY = 32
 
@@ -148,13 +150,55 @@ class _Reader:
 
 def _enc_advertise(w: _Writer, m: AdvertiseKeys) -> None:
     w.pack("QI", m.round_id, m.sender)
-    w.raw(m.c_public + m.s_public)
+    w.raw(m.c_public + m.s_public + m.commitment)
     w.blob8(m.signature)
 
 
 def _dec_advertise(r: _Reader) -> AdvertiseKeys:
     rid, sender = r.unpack("QI")
-    return AdvertiseKeys(rid, sender, r.take(_KEY), r.take(_KEY), r.blob8())
+    return AdvertiseKeys(rid, sender, r.take(_KEY), r.take(_KEY), r.take(_KEY), r.blob8())
+
+
+_FIXED_PAIR = struct.Struct(">I32s")
+# The server sends one list of commitments and one of reveals to every client: the same tuple
+# object each time, so its encoding is kept (by identity) rather than rebuilt n times.
+# One (tuple, bytes) pair, replaced whole: a reader sees an old or a new pair, never a mix.
+_last_fixed: list[tuple[object, bytes]] = [(object(), b"")]
+
+
+def _enc_fixed_pairs(w: _Writer, pairs: tuple[tuple[int, bytes], ...]) -> None:
+    """Count, then ``u32 id || 32 bytes`` per pair (commitments and nonces)."""
+    last = _last_fixed[0]
+    if last[0] is pairs:
+        w.parts.append(last[1])
+        return
+    block = struct.pack(">I", len(pairs)) + b"".join(_FIXED_PAIR.pack(c, b) for c, b in pairs)
+    _last_fixed[0] = (pairs, block)
+    w.parts.append(block)
+
+
+def _dec_fixed_pairs(r: _Reader) -> tuple[tuple[int, bytes], ...]:
+    count = r.count(_FIXED_PAIR.size)
+    return tuple(_FIXED_PAIR.iter_unpack(r.take(count * _FIXED_PAIR.size)))
+
+
+def _enc_commitments(w: _Writer, m: Commitments) -> None:
+    w.pack("Q", m.round_id)
+    _enc_fixed_pairs(w, m.commitments)
+
+
+def _dec_commitments(r: _Reader) -> Commitments:
+    return Commitments(r.u("Q"), _dec_fixed_pairs(r))
+
+
+def _enc_reveal(w: _Writer, m: Reveal) -> None:
+    w.pack("QI", m.round_id, m.sender)
+    w.raw(m.nonce)
+
+
+def _dec_reveal(r: _Reader) -> Reveal:
+    rid, sender = r.unpack("QI")
+    return Reveal(rid, sender, r.take(_KEY))
 
 
 def _enc_roster(w: _Writer, m: Roster) -> None:
@@ -164,6 +208,7 @@ def _enc_roster(w: _Writer, m: Roster) -> None:
         w.pack("I", e.client_id)
         w.raw(e.c_public + e.s_public)
         w.blob8(e.signature)
+    _enc_fixed_pairs(w, m.reveals)
 
 
 def _dec_roster(r: _Reader) -> Roster:
@@ -172,7 +217,7 @@ def _dec_roster(r: _Reader) -> Roster:
     for _ in range(r.count(4 + 2 * _KEY + 1)):
         cid = r.u("I")
         entries.append(RosterEntry(cid, r.take(_KEY), r.take(_KEY), r.blob8()))
-    return Roster(rid, tuple(entries))
+    return Roster(rid, tuple(entries), _dec_fixed_pairs(r))
 
 
 def _enc_share_keys(w: _Writer, m: ShareKeys) -> None:
@@ -348,6 +393,8 @@ _CODECS: dict[MsgType, tuple[_Encoder, Callable[[_Reader], Message]]] = {
     MsgType.KEY_CONFIRM: (_enc_key_confirm, _dec_key_confirm),  # type: ignore[dict-item]
     MsgType.CKKS_INPUT: (_enc_ckks_input, _dec_ckks_input),  # type: ignore[dict-item]
     MsgType.ENCRYPTED_SUM: (_enc_sum, _dec_sum),  # type: ignore[dict-item]
+    MsgType.COMMITMENTS: (_enc_commitments, _dec_commitments),  # type: ignore[dict-item]
+    MsgType.REVEAL: (_enc_reveal, _dec_reveal),  # type: ignore[dict-item]
 }
 
 

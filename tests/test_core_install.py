@@ -46,11 +46,13 @@ settings = fl_core.ServerSettings(
     config_args={"protocol": "secagg+", "n": 3, "active": False}, dim=4, rounds=1,
     checkpoint=Path(tempfile.mkdtemp()) / "ck.json",
     driver=fl_core.DriverSettings(join_timeout_s=20.0))
+policy = fl_core.ClientPolicy(config_args={"protocol": "secagg+", "n": 3, "active": False},
+                              dim=4)
 def client(cid):
     with fl_core.ClientTransport(server.endpoint, client_id=cid, limits=limits,
                                  insecure=True) as t:
         fl_core.run_client(t, update=lambda round_id, state: np.full(4, cid / 10),
-                           settings=fl_core.ClientSettings(idle_timeout_s=20.0))
+                           policy=policy, settings=fl_core.ClientSettings(idle_timeout_s=20.0))
 threads = [threading.Thread(target=client, args=(c,)) for c in (1, 2, 3)]
 for th in threads:
     th.start()

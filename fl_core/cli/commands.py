@@ -17,6 +17,12 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from secagg.fl_core.runtime.cohort import population_args
+from secagg.fl_core.runtime.cohort_floor import (
+    CohortFloorError,
+    check_min_cohort,
+    distributed_dp,
+)
 from secagg.fl_core.runtime.driver import DriverSettings
 from secagg.fl_core.runtime.policy import ClientPolicy, dp_policy
 from secagg.protocols.transitions import ServerStage
@@ -109,8 +115,10 @@ def add_client_args(p: argparse.ArgumentParser) -> None:
                    "(public; lets a restarted client rejoin)")
     p.add_argument("--stats", help="append per-round training/protocol seconds here (JSON lines)")
     p.add_argument("--ledger", help="fine-tuning job: this party's privacy ledger (JSON; the "
-                   "rounds it released into, kept across restarts): past the job's rounds or "
-                   "--epsilon-budget it refuses to release")
+                   "rounds it released into, kept across restarts): it refuses a round id at "
+                   "or below one it released into, and past the job's rounds or "
+                   "--epsilon-budget; a full-weight job keeps the chunks it answered beside it "
+                   "(NAME.chunks.json)")
     p.add_argument("--aggregates", help="append each round's decoded aggregate here "
                    "(JSON lines; CKKS clients decrypt it themselves)")
     p.add_argument("--min-clients", type=int, default=None, metavar="M",
@@ -130,22 +138,20 @@ def config_args(ns: argparse.Namespace) -> dict[str, Any]:
 
 def client_policy(ns: argparse.Namespace, prep: Prepared | None) -> ClientPolicy:
     """``secagg client``'s policy: the config its own flags (or job, ``prep``) derive, its
-    ``--min-clients``, and in active mode every client card of its ``--keys`` folder.
+    ``--min-clients``, and in active mode every client card of its ``--keys`` folder
+    (:meth:`ClientPolicy.from_key_folder`).
 
     Raises:
         ValueError / ConfigError: a policy that does not validate (bad ``--min-clients``,
-            active mode with no peer cards).
+            active mode with no peer cards); CohortFloorError (a ValueError):
+            ``--min-clients`` below the cohort floor.
         OSError / KeyFileError: the key folder cannot be read.
     """
-    from secagg.fl_core.identity import keyfiles
-
     args = prep.config_args if prep is not None else config_args(ns)
-    vks = None
-    if args.get("active", False):
-        vks = {cid: card.identity for cid, card in keyfiles.load_allowlist(ns.keys).items()}
-    return ClientPolicy(config_args=args, dim=prep.dim if prep is not None else ns.dim,
-                        min_cohort=getattr(ns, "min_clients", None), verify_keys=vks,
-                        dp=dp_policy(prep.dp) if prep is not None else None)
+    return ClientPolicy.from_key_folder(
+        args, dim=prep.dim if prep is not None else ns.dim, keys=ns.keys,
+        min_cohort=getattr(ns, "min_clients", None),
+        dp=dp_policy(prep.dp) if prep is not None else None)
 
 
 def _logging(verbose: int) -> None:
@@ -189,20 +195,36 @@ def serve_main(ns: argparse.Namespace, *, progress_stream: Any = None) -> int:
 
         if (prep := prepare_from_args(ns, "serve")) is None:
             return 2
+    try:  # before a socket is bound (the driver checks it again)
+        check_min_cohort(prep.config_args if prep else config_args(ns),
+                         getattr(ns, "min_clients", None),
+                         dp=distributed_dp(dp_policy(prep.dp) if prep else None))
+    except CohortFloorError as exc:
+        print(f"secagg serve: {exc}", file=sys.stderr)
+        return 2
+    task = None
+    if prep is not None:  # its initial evaluation runs before the socket is bound: a bound
+        # server that reads nothing for long lets connected clients' hellos fill its queues
+        # and their connections drop (issue 22: round 1 lost at load 12 to 15)
+        from secagg.fl_core.finetune.commands import server_task_for
+
+        task = server_task_for(prep, emit)
     limits = limits_for(ns.n, ns.dim, ckks=ns.protocol.startswith("ckks"))
+    args = prep.config_args if prep else config_args(ns)
     try:
         if ns.insecure:
             transport = ServerTransport(ns.bind, limits=limits, insecure=True)
         else:
+            allowlist = keyfiles.load_allowlist(ns.keys)
+            args = population_args(args, len(allowlist))  # cohorts drawn from all the cards
             transport = ServerTransport(
                 ns.bind, limits=limits, keys=keyfiles.load_server_keys(
-                    keyfiles.server_paths(ns.keys)[1]),
-                allowlist=keyfiles.load_allowlist(ns.keys))
+                    keyfiles.server_paths(ns.keys)[1]), allowlist=allowlist)
     except (OSError, FlCoreError) as exc:
         print(f"secagg serve: {exc}", file=sys.stderr)
         return 1
     settings = ServerSettings(
-        config_args=prep.config_args if prep else config_args(ns), dim=ns.dim,
+        config_args=args, dim=ns.dim,
         rounds=ns.rounds, checkpoint=Path(ns.checkpoint), resume=ns.resume,
         json_path=Path(ns.json_path) if ns.json_path and prep is None else None,
         driver=DriverSettings(deadline_s=ns.deadline, stage_deadlines=dict(ns.stage_deadline),
@@ -212,11 +234,6 @@ def serve_main(ns: argparse.Namespace, *, progress_stream: Any = None) -> int:
         broadcast_state=getattr(ns, "state_broadcast", True) or prep is not None,
         dp_policy=dp_policy(prep.dp) if prep is not None else None,
         crash_after=ns.crash_after, server_workers=ns.server_workers)
-    task = None
-    if prep is not None:
-        from secagg.fl_core.finetune.commands import server_task_for
-
-        task = server_task_for(prep, emit)
     emit({"event": "listening", "endpoint": transport.endpoint})
     with transport:
         try:

@@ -195,6 +195,11 @@ def _run_runtime(ns: argparse.Namespace) -> int:
         return commands.serve_main(ns, progress_stream=sys.stdout if ns.progress else None)
     if ns.command == "client":
         return commands.client_main(ns)
+    from secagg.fl_core.cli.run_cohort import apply_cohort_floor
+
+    if (refusal := apply_cohort_floor(ns)) is not None:  # before any file or process
+        print(f"secagg run: {refusal}", file=sys.stderr)
+        return 2
     from secagg.fl_core.cli.runner import run_main
 
     return run_main(ns)

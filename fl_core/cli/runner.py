@@ -9,13 +9,17 @@ files into ``--keys`` first if that folder has none.
 Every run lives in a run folder (:mod:`secagg.fl_core.cli.run_folder`: a fresh
 ``.secagg/runs/<UTC time>/`` unless ``--run-dir``, ``--checkpoint`` or ``--resume RUN`` names one).
 Bad input (a missing or malformed data file, an unknown model, too few parties, a fresh run over
-an existing checkpoint, a resume that changes the job) is refused here, in one line and exit
-status 2, before any process starts (:mod:`secagg.fl_core.finetune.preflight`).
+an existing checkpoint or over the clients' books of an earlier run, a resume that changes the
+job) is refused here, in one line and exit status 2, before any process starts
+(:mod:`secagg.fl_core.finetune.preflight`).
 
 Without ``--dim`` it runs a fine-tuning job (:mod:`secagg.fl_core.finetune`): it writes the job file
-into the run folder, starts ``num_clients`` clients on it (each with a stats file), shows
-accuracy and epsilon as rounds finish, and adds the time split (training / protocol compute /
-the rest: transport, waiting, server) to the ``--json`` summary.
+into the run folder, starts ``num_clients`` clients on it (each with a stats file and its own
+books there: ``--ledger client-<i>.ledger.json``, beside it the chunk answers of a full-weight
+job, and ``--state client-<i>.state``, the last round id it started, so a restarted client
+never answers a round id twice), shows accuracy and epsilon as rounds finish, and adds the time
+split (training / protocol compute / the rest: transport, waiting, server) to the ``--json``
+summary.
 """
 
 from __future__ import annotations
@@ -109,9 +113,32 @@ def _client_cmd(ns: argparse.Namespace, endpoint: str, cid: int) -> list[str]:
     if getattr(ns, "min_clients", None):  # part of the policy each client pins
         cmd += ["--min-clients", str(ns.min_clients)]
     if ns.dim is None:
-        cmd += ["--stats", str(_stats_path(ns, cid)), "--ledger",
-                str(Path(ns.checkpoint).with_name(f"client-{cid}.ledger.json"))]
+        folder = Path(ns.checkpoint).parent
+        cmd += ["--stats", str(_stats_path(ns, cid)),
+                "--ledger", str(folder / f"client-{cid}.ledger.json"),
+                "--state", str(folder / f"client-{cid}.state")]
     return cmd
+
+
+_BOOKS = ("client-*.ledger.json", "client-*.chunks.json", "client-*.state")
+
+
+def _refuse_earlier_books(run: RunFolder) -> None:
+    """A fresh job run must not find the clients' books of an earlier run in its folder (a
+    fresh ``--checkpoint`` beside an old one): its clients would refuse every round id the
+    earlier run used, or another job's ledger.
+
+    Raises:
+        RunFolderError: the folder holds a client's ledger, chunk answers or state file.
+    """
+    folder = run.checkpoint.parent
+    found = sorted(p.name for pattern in _BOOKS for p in folder.glob(pattern))
+    if found:
+        raise run_folder.RunFolderError(
+            f"{folder} holds the clients' books of an earlier run ({', '.join(found[:3])}"
+            f"{', ...' if len(found) > 3 else ''}): a client releases nothing twice, so its "
+            f"clients would sit out; continue that run with --resume {run.run_id}, or start "
+            "fresh in another folder (a bare secagg run makes one)")
 
 
 def _client_env(ns: argparse.Namespace) -> dict[str, str]:
@@ -214,17 +241,14 @@ def _job_for(ns: argparse.Namespace, run: RunFolder) -> FinetuneJob:
 
 
 def _prepare_job(ns: argparse.Namespace, run: RunFolder, job: FinetuneJob) -> None:
-    """Job mode: write the job file into the run folder, default the cohort and deadlines."""
+    """Job mode: write the job file into the run folder, default the deadlines (the cohort
+    floor, ``--min-clients``, was set before:
+    :func:`secagg.fl_core.cli.run_cohort.apply_cohort_floor`)."""
     ns.job = str(run.job)
     job.save(ns.job)
     ns.population = job.num_clients
     ns.n = ns.n if ns.n is not None else job.num_clients
     ns.rounds = job.rounds
-    if getattr(ns, "min_clients", None) is None and ns.protocol in ("secagg", "secagg+") \
-            and ns.n > 2:
-        # survivors carry on after a lost party: with exact distributed noise every round
-        # size is calibrated (secagg.fl_core.dp.exact), and without DP nothing depends on it
-        ns.min_clients = 2
     if not any(name == "advertise" for name, _ in ns.stage_deadline):
         ns.stage_deadline = [*ns.stage_deadline, ("advertise", 300.0)]  # local training
     for cid in range(1, ns.population + 1):
@@ -242,6 +266,8 @@ def _start(ns: argparse.Namespace) -> str:
     job = _job_for(ns, run) if ns.dim is None else None
     where = run_folder.check_checkpoint(run, job_digest=job.digest if job else None,
                                         dim=ns.dim)
+    if job is not None and not run.resume:
+        _refuse_earlier_books(run)
     run = run_folder.create(run)
     run_folder.apply(run, ns)
     if job is not None:

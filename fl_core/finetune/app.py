@@ -19,9 +19,10 @@ from secagg.fl_core.finetune.continual import StagePlan
 from secagg.fl_core.finetune.continual_tasks import build_plan
 from secagg.fl_core.finetune.job import FinetuneJob
 from secagg.fl_core.finetune.party import JobData, build_job_model, load_job_data
-from secagg.fl_core.finetune.preflight import check_protocol
+from secagg.fl_core.finetune.preflight import check_min_clients, check_protocol
 from secagg.fl_core.finetune.privacy import ResolvedDp, resolve_dp
 from secagg.fl_core.runtime.checkpoint import Checkpoint
+from secagg.fl_core.runtime.cohort import population_args
 from secagg.models import AdaptedModel
 from secagg.protocols.config import SecAggConfig
 from secagg.protocols.errors import ConfigError
@@ -50,8 +51,8 @@ class Prepared:
         return self.round_dim if self.round_dim is not None else self.model.num_trainable
 
 
-def round_cohorts(protocol: str, n: int, active: bool, min_cohort: int | None
-                  ) -> tuple[tuple[int, int], ...]:
+def round_cohorts(protocol: str, n: int, active: bool, min_cohort: int | None,
+                  population: int | None = None) -> tuple[tuple[int, int], ...]:
     """``(m, t_m)`` for every round size ``m`` from ``min_cohort`` (default ``n``) to ``n``,
     ``t_m`` the threshold the config rule gives a round of ``m`` (what every party's policy
     derives, :func:`secagg.fl_core.runtime.cohort.round_config_args`).
@@ -62,14 +63,17 @@ def round_cohorts(protocol: str, n: int, active: bool, min_cohort: int | None
     low = n if min_cohort is None else min_cohort
     if not 2 <= low <= n:
         raise ConfigError(f"min clients must be in [2, {n}], got {low}")
-    return tuple((m, SecAggConfig(protocol=protocol, n=m, active=active).threshold)
+    return tuple((m, SecAggConfig(protocol=protocol, n=m, active=active,
+                                  population=population).threshold)
                  for m in range(low, n + 1))
 
 
 def prepare(job: FinetuneJob, *, protocol: str, n: int, active: bool,
-            min_cohort: int | None = None) -> Prepared:
+            min_cohort: int | None = None, cards: int = 0) -> Prepared:
     """Build the model and data, and resolve DP and the protocol config for cohort ``n``
     (rounds of ``min_cohort`` to ``n`` parties when the sampler refills after a loss).
+    ``cards``: the client cards of the party's key folder; more than ``n`` sizes the config
+    for the population (:func:`secagg.fl_core.runtime.cohort.population_args`).
 
     Distributed noise over SecAgg/SecAgg+ uses the exact release
     (:mod:`secagg.fl_core.dp.exact`): it is calibrated for every round size allowed, and the
@@ -77,12 +81,14 @@ def prepare(job: FinetuneJob, *, protocol: str, n: int, active: bool,
     design and pin the full cohort's threshold (no round may have fewer noise shares).
 
     Raises:
-        JobError: a protocol the job cannot run over, or unreachable DP targets.
+        JobError: a protocol the job cannot run over, unreachable DP targets, or (CohortError)
+            ``min_cohort`` below the cohort floor (:func:`preflight.check_min_clients`).
         ConfigError: the protocol config does not validate.
         AssetNotFoundError, DataFormatError: the model or data cannot be loaded.
         ScheduleError: a continual schedule that does not fit the data.
     """
     check_protocol(job, protocol)
+    check_min_clients(job, protocol=protocol, n=n, active=active, min_clients=min_cohort)
     _quiet_transformers()
     if job.objective == "distill":
         from secagg.fl_core.finetune.distill import prepare_distill
@@ -91,9 +97,11 @@ def prepare(job: FinetuneJob, *, protocol: str, n: int, active: bool,
     base: dict[str, Any] = {"protocol": protocol, "n": n}
     if protocol != "plain":
         base["active"] = active
+    base = population_args(base, cards)
     threshold = SecAggConfig(**base).threshold
     exact = protocol in ("secagg", "secagg+") and job.dp != "none" and job.noise == "distributed"
-    cohorts = round_cohorts(protocol, n, active, min_cohort) if exact else ()
+    cohorts = round_cohorts(protocol, n, active, min_cohort,
+                            base.get("population")) if exact else ()
     if job.objective == "pretrain":  # unlabeled documents; full weights travel in chunks
         from secagg.fl_core.finetune.pretrain import chunk_round_dim, load_pretrain_data
 

@@ -15,10 +15,14 @@ float32 model-sized buffer); it answers chunk ``k`` with ``update[k C:(k + 1) C]
 each (training round, chunk), i.e. each step, **at most once** and never a step at or below
 one it answered: a server that replayed a step to get the same chunk of the same cached update
 under two cohorts would learn their difference (one party's chunk, when the cohorts differ by
-one). A refused step is logged and the client sits that round out. The cost: a sub-round that
-aborts after its start went out cannot be retried, so the server stops there (dropouts
-within a sub-round are fine: the round completes with the survivors; a round that never
-started, e.g. too few clients joined, is retried).
+one). The highest step answered is persisted before the chunk is returned
+(:class:`secagg.fl_core.finetune.ledger.ChunkAnswers`, beside the ledger file), so a restarted
+party refuses too; its training seed is fresh CSPRNG randomness, so one that trained again
+would not recompute a bit-identical update (unless all its data fits one batch: the persisted
+answers are the defence). A refused step is logged and the client sits that round out. The
+cost: a sub-round that aborts after its start went out cannot be retried, so the server stops
+there (dropouts within a sub-round are fine: the round completes with the survivors; a round
+that never started, e.g. too few clients joined, is retried).
 
 Server (:class:`ChunkedServerTask`): keeps the global in its model's float32 parameters,
 applies FedAvg (``server_lr`` x the survivors' mean) to chunk ``k`` only and returns that chunk
@@ -46,10 +50,12 @@ import numpy.typing as npt
 import torch
 
 from secagg.fl_core.finetune.job import FinetuneJob
+from secagg.fl_core.finetune.ledger import ChunkAnswers
 from secagg.fl_core.finetune.memory import peak_rss_mb
 from secagg.fl_core.finetune.party import JobData
 from secagg.fl_core.runtime.driver import RoundOutcome
 from secagg.models import AdaptedModel, Dataset, TrainConfig, evaluate, train_local
+from secagg.rng import random_below
 
 __all__ = ["ChunkLayout", "ChunkRefused", "ChunkedClientTask", "ChunkedServerTask",
            "ModelChunks", "chunk_functionals"]
@@ -188,8 +194,10 @@ class ChunkedClientTask:
 
     def __init__(self, job: FinetuneJob, client_id: int, model: AdaptedModel, data: Dataset,
                  *, chunk_size: int, protocol_clip: float, protocol_scale: int | None = None,
-                 stats_path: Path | None = None) -> None:
+                 stats_path: Path | None = None, answers: ChunkAnswers | None = None) -> None:
+        """``answers``: the steps this party has answered (default: kept in memory only)."""
         self.job, self.client_id, self.model, self.data = job, client_id, model, data
+        self.answers = answers if answers is not None else ChunkAnswers(job, client_id)
         self.layout = ChunkLayout(model.num_trainable, chunk_size)
         self.chunks = ModelChunks(model, self.layout)
         self.protocol_clip = protocol_clip
@@ -200,7 +208,6 @@ class ChunkedClientTask:
         #: the global version (training rounds applied) each chunk of the model holds; -1:
         #: this party's locally trained values
         self.versions = np.zeros(self.layout.chunks, dtype=np.int64)
-        self.last_answered = -1
         self._update: npt.NDArray[np.float32] | None = None
         self._update_round = -1
 
@@ -219,6 +226,7 @@ class ChunkedClientTask:
             ChunkRefused: a step at or below one already answered (a replay), a model not
                 holding the newest global at chunk 0, no cached update for this training
                 round, or a state of the wrong length.
+            OSError: the chunk answers file cannot be written (nothing is answered).
         """
         start = time.perf_counter()
         if step <= self.last_answered:
@@ -249,7 +257,7 @@ class ChunkedClientTask:
             log.warning("round %d: %d values beyond the protocol range +-%g clamped", round_id,
                         clamped, self.protocol_clip)
             np.clip(out, -self.protocol_clip, self.protocol_clip, out=out)
-        self.last_answered = step
+        self.answers.record(step)  # persisted before the chunk exists outside this object
         if k == self.layout.chunks - 1:
             self._update = None  # the round's last chunk: free the model-sized buffer
         grid = out if self.protocol_scale is None else (
@@ -262,13 +270,18 @@ class ChunkedClientTask:
                              "peak_rss_mb": peak_rss_mb()})
         return out
 
+    @property
+    def last_answered(self) -> int:
+        """The highest step answered, by this process or an earlier one (-1: none)."""
+        return self.answers.last
+
     def _train(self, round_id: int, training_round: int) -> dict[str, Any]:
         job = self.job
         res = train_local(self.model, self.data, TrainConfig(
             steps=job.local_steps, batch_size=job.batch_size, learning_rate=job.lr,
             max_length=job.max_length,
             optimizer="sgd" if job.local_optimizer == "sgd" else "adamw"),
-            seed=(job.seed * 1_000_003 + self.client_id) * 1_000_003 + training_round)
+            seed=random_below(1 << 63))  # fresh: a restarted party trains another update
         self._update, self._update_round = res.update, training_round
         self.versions[:] = -1  # the model now holds this party's local weights
         return {"examples": res.examples_seen,

@@ -15,6 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from secagg.fl_core.errors import FlCoreError
 from secagg.fl_core.finetune.app import Prepared, final_summary, prepare, write_summary
 from secagg.fl_core.finetune.chunked import ChunkedClientTask, ChunkedServerTask
 from secagg.fl_core.finetune.cli_args import job_from_args
@@ -28,6 +29,7 @@ from secagg.fl_core.finetune.generate import sample_generations
 from secagg.fl_core.finetune.job import JobError
 from secagg.fl_core.finetune.ledger import PrivacyLedger
 from secagg.fl_core.finetune.server_task import FinetuneServerTask
+from secagg.fl_core.identity.keyfiles import load_allowlist
 from secagg.fl_core.runtime.checkpoint import Checkpoint
 from secagg.models.errors import ModelsError
 from secagg.protocols.errors import ConfigError
@@ -38,6 +40,14 @@ log = logging.getLogger("secagg.fl_core.finetune")
 Emit = Callable[[dict[str, Any]], None]
 
 
+def _cards(ns: argparse.Namespace) -> int:
+    """How many client cards the party's own key folder holds (0 when insecure or none)."""
+    keys = getattr(ns, "keys", None)
+    if ns.insecure or not keys or not Path(keys).is_dir():
+        return 0
+    return len(load_allowlist(keys))
+
+
 def prepare_from_args(ns: argparse.Namespace, who: str) -> Prepared | None:
     """Build the job's party state from the flags and set ``ns.dim``/``ns.n``/``ns.rounds``;
     None (after printing why) when the job cannot run."""
@@ -45,8 +55,8 @@ def prepare_from_args(ns: argparse.Namespace, who: str) -> Prepared | None:
         job = job_from_args(ns, rounds=ns.rounds if who == "serve" else None)
         n = ns.n if ns.n is not None else job.num_clients
         prep = prepare(job, protocol=ns.protocol, n=n, active=not ns.insecure,
-                       min_cohort=getattr(ns, "min_clients", None))
-    except (JobError, ConfigError, ModelsError, ValueError) as exc:
+                       min_cohort=getattr(ns, "min_clients", None), cards=_cards(ns))
+    except (JobError, ConfigError, ModelsError, ValueError, OSError, FlCoreError) as exc:
         print(f"secagg {who}: {exc}", file=sys.stderr)
         return None
     ns.dim, ns.n = prep.dim, n

@@ -8,7 +8,8 @@ process has imported torch and loaded a model. Every party's loader calls
 :func:`inspect_data` to choose how to read a user file (``text,label`` or ``prompt,response``),
 so the parent and the parties judge a file by the same rules.
 
-This module imports only the standard library, the job and the protocol config: importing
+This module imports only the standard library, the job, the protocol config and the cohort
+floor rule (:mod:`secagg.fl_core.runtime.cohort_floor`): importing
 ``secagg.models`` (torch, transformers) costs seconds, and these checks must not. The names of
 the packaged models and data sets are therefore repeated here (a test compares them with
 ``secagg.models``).
@@ -42,12 +43,14 @@ __all__ = [
     "check_cohort",
     "check_distill",
     "check_job",
+    "check_min_clients",
     "check_model",
     "check_pretrain",
     "check_protocol",
     "check_split",
     "inspect_data",
     "inspect_text",
+    "job_cohort_floor",
 ]
 
 CLASSIFICATION = "classification"  # the values of secagg.models.TaskKind
@@ -144,6 +147,43 @@ def check_cohort(job: FinetuneJob, *, protocol: str, n: int, active: bool) -> No
         SecAggConfig(**args)
     except ConfigError as exc:
         raise CohortError(f"--protocol {protocol} with a cohort of {n}: {exc}") from None
+
+
+def _cohort_args(protocol: str, n: int, active: bool) -> dict[str, Any]:
+    args: dict[str, Any] = {"protocol": protocol, "n": n}
+    if protocol != "plain":
+        args["active"] = active
+    return args
+
+
+def job_cohort_floor(job: FinetuneJob, *, protocol: str, n: int, active: bool) -> int:
+    """The smallest round the job may run (:mod:`secagg.fl_core.runtime.cohort_floor`; its
+    noise rule applies with distributed DP noise): what ``secagg run`` defaults
+    ``--min-clients`` to.
+
+    Raises:
+        ConfigError / TypeError: no valid config for the cohort.
+    """
+    from secagg.fl_core.runtime.cohort_floor import cohort_floor
+
+    return cohort_floor(_cohort_args(protocol, n, active),
+                        dp=job.dp != "none" and job.noise == "distributed")
+
+
+def check_min_clients(job: FinetuneJob, *, protocol: str, n: int, active: bool,
+                      min_clients: int | None) -> int:
+    """``--min-clients`` (None: ``n``) after checking it against the job's cohort floor.
+
+    Raises:
+        CohortError: below the floor; the message names the floor, why, and what to do.
+    """
+    from secagg.fl_core.runtime.cohort_floor import CohortFloorError, check_min_cohort
+
+    try:
+        return check_min_cohort(_cohort_args(protocol, n, active), min_clients,
+                                dp=job.dp != "none" and job.noise == "distributed")
+    except CohortFloorError as exc:
+        raise CohortError(str(exc)) from None
 
 
 def check_model(source: str) -> None:

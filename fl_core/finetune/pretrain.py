@@ -32,7 +32,7 @@ import numpy as np
 from secagg.fl_core.finetune.chunked import ChunkedClientTask, ChunkLayout
 from secagg.fl_core.finetune.client_task import FinetuneClientTask
 from secagg.fl_core.finetune.job import FinetuneJob, JobError
-from secagg.fl_core.finetune.ledger import PrivacyLedger
+from secagg.fl_core.finetune.ledger import ChunkAnswers, PrivacyLedger, chunk_answers_path
 from secagg.fl_core.finetune.memory import peak_rss_mb
 from secagg.fl_core.finetune.party import JobData
 from secagg.fl_core.finetune.preflight import inspect_text
@@ -122,16 +122,20 @@ def client_task(job: FinetuneJob, client_id: int, model: AdaptedModel, data: Job
                 dp: Any, protocol_clip: float, stats_path: Path | None,
                 ledger: PrivacyLedger | None = None) -> PretrainClientTask | ChunkedClientTask:
     """This party's pretrain task (LoRA: the fine-tuning task, with this party's privacy
-    ``ledger``; full: the chunked one, which has no DP).
+    ``ledger``; full: the chunked one, which has no DP, with the chunks it answered kept in
+    :func:`secagg.fl_core.finetune.ledger.chunk_answers_path` beside the ledger's file).
 
     Raises:
         JobError: the id is not one of the job's clients.
+        LedgerError: the chunk answers file is unreadable or of another job or party.
     """
     mine = data.client(client_id)
     if is_chunked(job):
+        path = ledger.path if ledger is not None else None
+        answers = ChunkAnswers(job, client_id, chunk_answers_path(path) if path else None)
         return ChunkedClientTask(job, client_id, model, mine, chunk_size=job.chunk_size,
-                                 protocol_clip=protocol_clip,
-                                 protocol_scale=dp.protocol_scale, stats_path=stats_path)
+                                 protocol_clip=protocol_clip, protocol_scale=dp.protocol_scale,
+                                 stats_path=stats_path, answers=answers)
     return PretrainClientTask(job, client_id, model, mine, dp, stats_path=stats_path,
                               ledger=ledger)
 

@@ -19,7 +19,10 @@ Each node pins its own policy file (node config ``secagg-policy``; format and ke
 :mod:`secagg.fl_core.flower.policy`): protocol, active mode, thresholds, fixed point, DP and
 the peers' keys come from the node's own files, never from the server. A node without one
 refuses every round unless it opts in to trusting the server (``secagg-insecure=true``,
-passive mode only, for ``SecAggWorkflow("secagg+", clip=1.0)`` without a policy).
+passive mode only, for ``SecAggWorkflow("secagg+", clip=1.0)`` without a policy). A node
+with ``[dp]`` keeps its own privacy ledger (:mod:`secagg.fl_core.flower.ledger`), charged
+before each release, so a server that restarts its own books gets no round past the node's
+budget.
 
 Dropouts: a client whose ClientApp raises (Flower returns an error reply), refuses the round,
 or does not answer before ``timeout`` is reported to the sans-IO server as missing at that

@@ -22,7 +22,9 @@ Put it in the ``ClientApp``'s ``mods`` in place of Flower's ``secaggplus_mod``. 
   in active mode over the server's nonce and its Flower node id.
 * ``phase="start"``: refused unless its round id is above every earlier one this node started
   (and, with a policy, not further ahead than the round-id rate allows); then the policy check;
-  then the app (``call_next``) trains, every ArrayRecord of its reply is flattened into one
+  with ``[dp]`` the node's own privacy ledger is charged and saved (:mod:`.ledger`: refused
+  past its policy's rounds or epsilon budget, or at a round id it charged before); then the
+  app (``call_next``) trains, every ArrayRecord of its reply is flattened into one
   float vector ``x`` (``num_examples`` is the weight in weighted mode), the round's participant
   (:func:`secagg.protocols.create_client`) is built and returns its first message; the reply
   keeps the app's metrics and configs, its arrays are emptied (as ``secaggplus_mod`` does).
@@ -59,6 +61,7 @@ from secagg.fl_core.flower._state import (
     loads_state,
     split_frames,
 )
+from secagg.fl_core.flower.ledger import charge_node_ledger
 from secagg.fl_core.flower.policy import (
     NodePolicy,
     NodePolicyError,
@@ -119,9 +122,11 @@ def secagg_mod(msg: Message, ctxt: Context, call_next: ClientAppCallable) -> Mes
         NoNodePolicy: the node config names no policy and does not opt in to
             ``secagg-insecure`` (nothing runs).
         NodePolicyError, KeyFileError: the node's policy file or key folder is unusable.
+        BudgetExhausted, LedgerError: the node's privacy ledger refuses the round (rounds or
+            epsilon budget spent) or is unusable; nothing was computed or sent.
         PolicyMismatch: the server's round differs from the node's policy (the field is
-            named), a round id is replayed or runs ahead too fast; nothing was computed or
-            sent.
+            named), a round id is replayed (also one in the privacy ledger) or runs ahead
+            too fast; nothing was computed or sent.
         ProtocolError: the server's message is illegal, or this client aborted earlier in the
             round (Flower turns every exception into an error reply: the server counts this
             client as missing).
@@ -272,6 +277,7 @@ def _start(msg: Message, ctxt: Context, cfg: ConfigRecord, call_next: ClientAppC
         ctx, cid = _unpinned_context(ctxt, cfg)
     else:
         ctx, cid = _pinned_context(ctxt, cfg, node), node.client_id
+        charge_node_ledger(node, ctx.round_id)  # its own books, before the app trains
     _advance(ctxt, node, ctx.round_id)
     key: CkksSecretContext | None = None
     if ctx.config.is_ckks:

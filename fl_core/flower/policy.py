@@ -31,14 +31,15 @@ The policy file (relative paths are relative to the file's folder)::
                               # client-<id>.secret.json, every peer's client-*.public.json)
     client_id = 3             # node only: its protocol id (its card's id)
     state = "last-round"      # node only, optional: keeps the last round id across runs
+    ledger = "ledger.json"    # node only, required with [dp]: its privacy ledger (.ledger)
 
     [dp]                      # optional: client-level distributed discrete Gaussian noise
     clip = 1.0                # L2 bound C of the update (the fixed point is then derived)
     noise_multiplier = 1.0    # or epsilon = 8.0 (exactly one), solved for `rounds`
-    rounds = 20               # planned rounds (calibration; the server stops after them)
+    rounds = 20               # planned rounds (calibration; the server and node stop after)
     delta = 1e-5              # default 1 / num_clients^1.1 (total, clamp probability included)
     num_clients = 100         # default n: parties in the federation
-    epsilon_budget = 10.0     # optional: the server refuses a round that would exceed it
+    epsilon_budget = 10.0     # optional: server and node refuse a round that would exceed it
     grid_scale = 14           # fractional bits of the noise grid
 
 Every party computes the same :class:`FederationPolicy` from the public keys of the file (the
@@ -67,6 +68,7 @@ from secagg.fl_core.identity import keyfiles
 from secagg.fl_core.identity.keys import Allowlist, ClientKeys, check_client_id
 from secagg.fl_core.runtime.client_app import save_round_id
 from secagg.fl_core.runtime.cohort import round_config_args
+from secagg.fl_core.runtime.cohort_floor import check_min_cohort
 from secagg.fl_core.runtime.policy import ClientPolicy, dp_policy, policy_digest, policy_document
 from secagg.protocols.config import SecAggConfig
 from secagg.protocols.errors import ConfigError
@@ -96,9 +98,9 @@ NODE_INSECURE_KEY: Final = "secagg-insecure"
 _CONFIG_KEYS: Final = frozenset({
     "protocol", "n", "active", "threshold", "k", "bits", "scale", "clip", "weighted",
     "max_weight", "dropout_rate", "corruption_rate", "sigma", "eta", "ckks_preset",
-    "ckks_seeded"})
+    "ckks_seeded", "population"})
 _PUBLIC_KEYS: Final = _CONFIG_KEYS | {"min_cohort", "dim", "dp"}
-_NODE_KEYS: Final = frozenset({"keys", "client_id", "state"})
+_NODE_KEYS: Final = frozenset({"keys", "client_id", "state", "ledger"})
 _DP_KEYS: Final = frozenset({"clip", "noise_multiplier", "epsilon", "rounds", "delta",
                              "num_clients", "epsilon_budget", "grid_scale"})
 _EXACT_PROTOCOLS: Final = ("secagg", "secagg+")
@@ -228,6 +230,8 @@ class FederationPolicy:
                 raise ValueError(f"min_cohort must be in [{floor}, n={base.n}], got {low}")
             if dim is not None and dim < 1:
                 raise ValueError(f"dim must be >= 1, got {dim}")
+            # early and by name: every ClientPolicy built from this refuses it anyway
+            check_min_cohort(args, low, dp="dp" in doc, flag="min_cohort")
             resolved, settings = None, None
             if "dp" in doc:
                 settings = _dp_settings(doc["dp"], where)
@@ -290,7 +294,8 @@ def _with_dp(args: dict[str, Any], base: SecAggConfig, dp: DpSettings, dim: int 
 
 @dataclass(frozen=True)
 class NodePolicy:
-    """A node's whole policy: the public part, its protocol id, its keys, its state file."""
+    """A node's whole policy: the public part, its protocol id, its keys, its state file and
+    (with ``[dp]``) its privacy ledger file."""
 
     federation: FederationPolicy
     client_id: int
@@ -299,6 +304,7 @@ class NodePolicy:
     allowlist: Allowlist | None
     """Every peer's card from its own key folder (active mode)."""
     state_file: Path | None = None
+    ledger_file: Path | None = None
 
     def pinned(self, dim: int) -> ClientPolicy:
         """The runtime policy a round of ``dim`` values is checked against.
@@ -346,8 +352,9 @@ def load_node_policy(path: str | Path) -> NodePolicy:
     """Read a node's policy file and, in active mode, its key folder.
 
     Raises:
-        NodePolicyError: the file is missing, unsafe or malformed; no ``client_id``; active
-            mode without ``keys``, or the key folder has no card or secret for ``client_id``.
+        NodePolicyError: the file is missing, unsafe or malformed; no ``client_id``; a
+            ``[dp]`` table without ``ledger``; active mode without ``keys``, or the key folder
+            has no card or secret for ``client_id``.
         KeyFileError, InsecureKeyFile, KeyBindingError: a key file is malformed or unsafe.
     """
     p = Path(path)
@@ -358,10 +365,14 @@ def load_node_policy(path: str | Path) -> NodePolicy:
     except (TypeError, ValueError):
         raise NodePolicyError(f"{p}: client_id (this node's protocol id, its card's id) is "
                               "required") from None
-    state = doc.get("state")
+    state, ledger = doc.get("state"), doc.get("ledger")
     state_file = None if state is None else p.parent / str(state)
+    if fed.dp is not None and (not isinstance(ledger, str) or not ledger):
+        raise NodePolicyError(f"{p}: [dp] needs ledger (the file where this node records the "
+                              "rounds it released into, before each release)")
+    ledger_file = None if ledger is None else p.parent / str(ledger)
     if not fed.active:
-        return NodePolicy(fed, cid, None, None, state_file)
+        return NodePolicy(fed, cid, None, None, state_file, ledger_file)
     if not isinstance(doc.get("keys"), str):
         raise NodePolicyError(f"{p}: active mode needs keys (the node's key folder)")
     folder = p.parent / doc["keys"]
@@ -374,7 +385,7 @@ def load_node_policy(path: str | Path) -> NodePolicy:
     if card is None or card.identity != keys.identity.verify_key:
         raise NodePolicyError(f"{p}: the key folder's card of client {cid} is missing or not "
                               "this node's identity")
-    return NodePolicy(fed, cid, keys, allowlist, state_file)
+    return NodePolicy(fed, cid, keys, allowlist, state_file, ledger_file)
 
 
 def node_mode(node_config: Mapping[str, Any]) -> Path | None:

@@ -15,8 +15,10 @@ must be the client's own, and round ids may not run ahead faster than the policy
 (:class:`secagg.fl_core.runtime.policy.RoundClock`). A mismatch is logged with the field it concerns
 (:class:`secagg.fl_core.runtime.policy.PolicyMismatch`) and the client sits the round out, sending
 nothing. The round's context is built from the client's own values, its policy digest
-included. Without a policy (``policy=None``, the library API) the client takes the server's
-parameters as sent; that trusts the server and is logged.
+included. Without a policy :func:`run_client` refuses
+(:class:`secagg.fl_core.runtime.policy.PolicyRequired`) unless its caller opts in with
+``insecure=True``, which takes the server's parameters as sent (a round start saying ``plain``
+then gets the update in the clear): for tests only, and logged.
 
 Restarts: the transport refuses a sender's round ids older than one already seen, so a
 client process restarted mid-federation must start from its last round id. With
@@ -55,7 +57,14 @@ import numpy.typing as npt
 
 from secagg.fl_core.errors import EnvelopeError, TransportError
 from secagg.fl_core.identity.keys import ClientKeys
-from secagg.fl_core.runtime.policy import ClientPolicy, PolicyMismatch, RoundClock, policy_digest
+from secagg.fl_core.runtime.policy import (
+    ClientPolicy,
+    PolicyMismatch,
+    PolicyRequired,
+    RoundClock,
+    policy_digest,
+)
+from secagg.fl_core.runtime.round_start import AnsweredStart, start_digest
 from secagg.fl_core.runtime.rounds import (
     CONTROL,
     RoundStart,
@@ -146,7 +155,13 @@ the round start of round R with ``"start:R"``;
 class _Session:
     def __init__(self, transport: ClientTransport, keys: ClientKeys | None,
                  update: UpdateFn, settings: ClientSettings,
-                 policy: ClientPolicy | None = None) -> None:
+                 policy: ClientPolicy | None = None, *, insecure: bool = False) -> None:
+        """Raises PolicyRequired (no policy, not insecure) or ValueError (both)."""
+        if policy is None and not insecure:
+            raise PolicyRequired.for_client(transport.client_id)
+        if policy is not None and insecure:
+            raise ValueError("insecure=True means no policy (the server's parameters as sent); "
+                             "pass a policy or insecure=True, not both")
         self.policy = policy
         self.clock = RoundClock(policy.round_burst if policy else 1,
                                 policy.min_round_interval_s if policy else 1.0)
@@ -164,6 +179,7 @@ class _Session:
         self.secret: CkksSecretContext | None = None
         self.model: npt.NDArray[np.float64] | None = None
         self.timing: dict[str, float] = {}
+        self.answered: AnsweredStart | None = None  # a resent round start gets the same reply
 
     def hello(self) -> None:
         try:
@@ -183,6 +199,7 @@ class _Session:
         if head["type"] == "abort":
             if round_id == self.last_round:
                 self.participant = None  # drop masks and shares at once
+                self.answered = None
             if round_id == self.keysetup_round:
                 self.keysetup = None
             return True
@@ -190,7 +207,7 @@ class _Session:
             self.on_keys(round_id, head)
             return True
         if start is not None:
-            self.on_start(start)
+            self.on_start(start, start_digest(payload))
         return True
 
     def on_keys(self, round_id: int, head: dict[str, Any]) -> None:
@@ -233,7 +250,7 @@ class _Session:
 
     def _check_start(self, start: RoundStart) -> RoundContext:
         """The round's context, from the client's own policy (raises PolicyMismatch)."""
-        if self.policy is None:  # the library API without a policy: the server decides
+        if self.policy is None:  # insecure=True, no policy: the server decides
             if self.t.client_id not in start.clients:
                 raise PolicyMismatch("cohort", f"client {self.t.client_id} is not in it")
             try:  # the server's policy digest, as sent (it must match the server's context)
@@ -244,7 +261,13 @@ class _Session:
         self.clock.check(start.round_id, time.time())
         return self.policy.check_start(start, self.t.client_id)
 
-    def on_start(self, start: RoundStart) -> None:
+    def on_start(self, start: RoundStart, digest: bytes = b"") -> None:
+        replay = None if self.answered is None else self.answered.replay_for(
+            start.round_id, digest)
+        if replay is not None and self.answered is not None:  # a copy: the same bytes again
+            for raw in replay:
+                self._send(self.answered.stage, raw)
+            return
         if start.round_id <= self.last_round:
             log.warning("refused round %d: already took part in round %d", start.round_id,
                         self.last_round)
@@ -255,6 +278,7 @@ class _Session:
             self._refuse(start.round_id, exc)
             return
         self.participant = None
+        self.answered = None
         self.last_round = start.round_id
         self.clock.advance(start.round_id, time.time())
         if self.settings.state_file is not None:
@@ -291,6 +315,7 @@ class _Session:
             return
         for raw in msgs:
             self._send(start.first_stage, raw)
+        self.answered = AnsweredStart(start.round_id, digest, start.first_stage, tuple(msgs))
         if self.settings.replay and start.round_id == 2 and self.first_sent is not None:
             r, s, old = self.first_sent
             self.t.send(r, s, old)  # the server's replay filter must drop this
@@ -318,6 +343,7 @@ class _Session:
             return
         if self.participant is None or round_id != self.last_round:
             return
+        self.answered = None  # the server moved the round on: a round start is stale now
         if self.settings.crash_at == f"{stage}:{round_id}":
             log.warning("crash_at=%s: kill -9 of myself", self.settings.crash_at)
             os.kill(os.getpid(), signal.SIGKILL)
@@ -372,17 +398,26 @@ class _Session:
 def run_client(transport: ClientTransport, *, keys: ClientKeys | None = None,
                update: UpdateFn | None = None,
                settings: ClientSettings | None = None,
-               policy: ClientPolicy | None = None) -> int:
+               policy: ClientPolicy | None = None, insecure: bool = False) -> int:
     """Serve rounds until the server says goodbye or stays silent ``idle_timeout_s``;
     return the number of rounds this client completed. ``policy``: the client's pinned
-    round policy (see the module docstring); None takes the server's parameters as sent."""
+    round policy (see the module docstring; build it from the client's own files with
+    :meth:`ClientPolicy.from_key_folder`). ``insecure=True`` (tests only) runs without one:
+    the server's parameters as sent.
+
+    Raises:
+        PolicyRequired: no ``policy`` and not ``insecure=True``; nothing is sent, not even a
+            hello.
+        ValueError: both a ``policy`` and ``insecure=True``.
+    """
     settings = settings or ClientSettings()
     cid = transport.client_id
-    if policy is None:
-        log.warning("client %d runs without a pinned policy: the server chooses protocol, "
-                    "mode and parameters", cid)
     session = _Session(transport, keys, update or (
-        lambda r, s: synthetic_update(cid, r, int(s.shape[0]), s)), settings, policy)
+        lambda r, s: synthetic_update(cid, r, int(s.shape[0]), s)), settings, policy,
+        insecure=insecure)
+    if insecure:
+        log.warning("client %d runs with insecure=True, without a pinned policy: the server "
+                    "chooses protocol, mode and parameters", cid)
     if settings.state_file is not None and settings.state_file.exists():
         session.last_round, seen_at = _load_round(settings.state_file)
         session.clock.advance(session.last_round, seen_at)

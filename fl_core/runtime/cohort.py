@@ -35,7 +35,7 @@ from secagg.fl_core.runtime.rounds import CONTROL, control_message
 from secagg.fl_core.transport.sockets import ServerTransport
 from secagg.protocols.config import SecAggConfig
 
-__all__ = ["CohortSampler", "round_config_args"]
+__all__ = ["CohortSampler", "population_args", "round_config_args"]
 
 log = logging.getLogger("secagg.fl_core.runtime.cohort")
 
@@ -53,6 +53,19 @@ def round_config_args(base_args: Mapping[str, Any], base: SecAggConfig,
     if base.is_ckks and base.ckks_layout is not None and args.get("ckks_preset") is None:
         args["ckks_preset"] = base.ckks_layout.preset.name
     return args
+
+
+def population_args(args: Mapping[str, Any], cards: int) -> dict[str, Any]:
+    """``args`` with ``population = cards`` when a masked protocol in active mode draws its
+    cohorts of ``n`` out of more allowlisted clients (the client cards of the party's own key
+    folder): the server may place every one of its sybils in one cohort, so ``k`` and ``t``
+    are sized for the population's corruption (docs/threat-model.md, "Cohort choice"). Each
+    party counts its own cards; a difference is a config mismatch the client refuses."""
+    out = dict(args)
+    if (out.get("protocol") in ("secagg", "secagg+", "ckks+mask") and out.get("active")
+            and cards > int(out["n"])):
+        out["population"] = cards
+    return out
 
 
 class CohortSampler:

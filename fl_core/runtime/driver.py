@@ -7,7 +7,9 @@ missing". Late (other stage), duplicate, out-of-round and replayed (earlier roun
 are refused by the transport's round filter or by the protocol, logged and counted, and the
 round goes on. A round completes when the protocol completes (at least the threshold
 survived); a :class:`secagg.protocols.errors.ProtocolError` from ``close_stage`` aborts it with a
-clear message, and the caller starts the next one.
+clear message, and the caller starts the next one. A cohort member that says hello while the
+first stage is collected has not got the round start (it was lost on a dropped connection),
+so it gets it again (:mod:`secagg.fl_core.runtime.round_start`).
 
 Client sampling (:mod:`secagg.fl_core.runtime.cohort`): each round samples ``n`` of the live,
 allowlisted
@@ -53,7 +55,9 @@ import numpy.typing as npt
 from secagg.fl_core.errors import PeerUnreachable, TransportError
 from secagg.fl_core.runtime.ckks_workers import CkksWorkerError, InProcessSummer, WorkerPool
 from secagg.fl_core.runtime.cohort import CohortSampler, round_config_args
+from secagg.fl_core.runtime.cohort_floor import check_min_cohort, distributed_dp
 from secagg.fl_core.runtime.policy import policy_digest, policy_document
+from secagg.fl_core.runtime.round_start import StartResender
 from secagg.fl_core.runtime.rounds import CONTROL, RoundStart, control_message, stage_number
 from secagg.fl_core.transport.sockets import ServerTransport
 from secagg.protocols.config import ProtocolKind, SecAggConfig
@@ -152,11 +156,15 @@ class RoundDriver:
 
         Raises:
             ConfigError / TypeError: ``config_args`` is not a valid config.
-            ValueError: ``settings.min_clients`` is outside ``[1, n]``.
+            ValueError: ``settings.min_clients`` is outside ``[1, n]``; CohortFloorError
+                (a ValueError): it is below the cohort floor
+                (:mod:`secagg.fl_core.runtime.cohort_floor`), which every client's policy
+                enforces too.
         """
         self.transport = transport
         self.config_args = dict(config_args)
         self.config = SecAggConfig(**self.config_args)
+        check_min_cohort(self.config_args, settings.min_clients, dp=distributed_dp(dp_policy))
         self.settings = settings
         allow = transport.allowlist
         self.eligible = eligible if eligible is not None else (
@@ -173,6 +181,7 @@ class RoundDriver:
         self.dp_policy = None if dp_policy is None else dict(dp_policy)
         self.summer = summer
         self._summed = False  # this round made a sum with ``summer``
+        self._resender: StartResender | None = None  # the round's first stage only
 
     def policy(self, dim: int) -> dict[str, Any]:
         """The policy document every client of this federation must hold (for ``dim``)."""
@@ -335,8 +344,15 @@ class RoundDriver:
                            state_float32=self.settings.state_float32,
                            ckks_fingerprint=ctx.ckks_fingerprint if self.config.is_ckks
                            else None, policy=self.policy(dim))
-        self._broadcast(out, start.encode())
-        self._run_stages(server, out)
+        raw_start = start.encode()
+        self._broadcast(out, raw_start)
+        # Resent to cohort members that say hello without answering (round_start.py).
+        self._resender = StartResender(self.transport, out.round_id, raw_start,
+                                       frozenset(out.sampled))
+        try:
+            self._run_stages(server, out)
+        finally:
+            self._resender = None
         out.rejected = len(server.rejected)
         encrypted = getattr(server, "encrypted", None)
         if self.config.is_ckks:
@@ -363,6 +379,7 @@ class RoundDriver:
             if missing:
                 log.info("round %d %s: deadline passed, missing %s", out.round_id, stage.value,
                          sorted(missing))
+            self._resender = None  # past the first stage a round start helps nobody
             replies = server.close_stage(missing)
             self._deliver(out, server.stage, replies)
             out.stages.append({"stage": prefix + stage.value, "received": received,
@@ -416,9 +433,18 @@ class RoundDriver:
             # No round filter in the transport: hellos of clients outside the cohort carry
             # older round ids and are still welcome as heartbeats (they refresh routes).
             got = self.transport.recv(max(1, int(left * 1000)))
-            if got is None or got.envelope.stage == CONTROL:
+            if got is None:
+                continue
+            resender = self._resender
+            if got.envelope.stage == CONTROL:
+                if resender is not None:  # a hello: has this member got the round start?
+                    resender.on_hello(got.sender, server.received)
                 continue
             env = got.envelope
+            if resender is not None and got.sender in resender.resent \
+                    and got.sender in server.received:
+                out.late += 1  # the same first message again, crossed with a resent start
+                continue
             if env.round_id != out.round_id or env.stage != number:
                 out.late += 1
                 log.info("round %d: dropped a round-%d stage-%d message from client %d while "

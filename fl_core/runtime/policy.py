@@ -10,7 +10,9 @@ for fine-tuning, through :func:`secagg.fl_core.finetune.app.prepare`) and its ow
   ``k``/``t`` rule or an explicit threshold, fixed point: bits, scale, clip); a round of ``m``
   clients must carry exactly the config the client derives itself for ``m``
   (:func:`secagg.fl_core.runtime.cohort.round_config_args`, the server's own rule);
-- the cohort size: at least ``min_cohort`` (``--min-clients``; default ``n``), at most ``n``;
+- the cohort size: at least ``min_cohort`` (``--min-clients``; default ``n``), at most ``n``,
+  and ``min_cohort`` never below the cohort floor (:mod:`secagg.fl_core.runtime.cohort_floor`:
+  with distributed DP noise, no round with fewer noise shares at its threshold than ``n``'s);
 - ``dim``, and the DP mechanism of a fine-tuning job (placement, unit, noise multiplier,
   sampling rate, grid), which is what the client's own noise share is calibrated to;
 - in active mode, the verify key of every peer (from the client's key folder, never from
@@ -45,10 +47,12 @@ import logging
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from secagg.fl_core.errors import FlCoreError
-from secagg.fl_core.runtime.cohort import round_config_args
+from secagg.fl_core.errors import FlCoreError, PolicyRequired
+from secagg.fl_core.runtime.cohort import population_args, round_config_args
+from secagg.fl_core.runtime.cohort_floor import check_min_cohort, distributed_dp
 from secagg.protocols.config import ProtocolKind, SecAggConfig
 from secagg.protocols.context import RoundContext
 from secagg.protocols.epoch import EpochContext
@@ -62,6 +66,7 @@ if TYPE_CHECKING:
 __all__ = [
     "ClientPolicy",
     "PolicyMismatch",
+    "PolicyRequired",
     "RoundClock",
     "dp_policy",
     "policy_digest",
@@ -136,9 +141,12 @@ class ClientPolicy:
 
     ``config_args``: the :class:`SecAggConfig` keywords for the full cohort (``n`` included),
     derived from the client's own flags or job; ``min_cohort``: the smallest cohort it takes
-    part in (default ``n``); ``verify_keys``: every peer's Ed25519 key from its own key folder
-    (active mode); ``dp``: :func:`dp_policy` of its job. Raises ``ConfigError``/``TypeError``
-    (a config that does not validate) or ``ValueError`` (bad sizes, missing keys).
+    part in (default ``n``; never below the cohort floor,
+    :mod:`secagg.fl_core.runtime.cohort_floor`); ``verify_keys``: every peer's Ed25519 key from
+    its own key folder (active mode; :meth:`from_key_folder` reads them); ``dp``:
+    :func:`dp_policy` of its job. Raises ``ConfigError``/``TypeError`` (a config that does not
+    validate), :class:`secagg.fl_core.runtime.cohort_floor.CohortFloorError` (``min_cohort``
+    below the floor) or ``ValueError`` (bad sizes, missing keys).
     """
 
     config_args: Mapping[str, Any]
@@ -161,6 +169,9 @@ class ClientPolicy:
         if not floor <= self.min_cohort <= base.n:
             raise ValueError(f"min_cohort must be in [{floor}, n={base.n}], got "
                              f"{self.min_cohort}")
+        # a server that picks the cohort keeps its sybils in the smallest one we accept
+        check_min_cohort(self.config_args, self.min_cohort, dp=distributed_dp(self.dp),
+                         flag="min_cohort (--min-clients)")
         if not isinstance(self.dim, int) or self.dim < 1:
             raise ValueError(f"dim must be an int >= 1, got {self.dim!r}")
         if base.active and not self.verify_keys:
@@ -170,6 +181,28 @@ class ClientPolicy:
             object.__setattr__(self, "verify_keys", None)  # passive: no keys are used
         if self.round_burst < 1 or not self.min_round_interval_s > 0:
             raise ValueError("round_burst must be >= 1 and min_round_interval_s > 0")
+
+    @classmethod
+    def from_key_folder(cls, config_args: Mapping[str, Any], *, dim: int, keys: str | Path,
+                        min_cohort: int | None = None, dp: Mapping[str, Any] | None = None
+                        ) -> ClientPolicy:
+        """A client's policy from its own files: ``config_args`` from its configuration (or
+        job), and in active mode every peer's verify key from the client cards
+        (``client-<id>.public.json``) of its key folder ``keys`` (what ``secagg keygen``
+        wrote; ``secagg client`` builds its policy this way).
+
+        Raises:
+            OSError / KeyFileError / KeyBindingError: the key folder cannot be read (active).
+            ConfigError / TypeError / ValueError / CohortFloorError: as the constructor.
+        """
+        from secagg.fl_core.identity.keyfiles import load_allowlist
+
+        vks = None
+        if config_args.get("active", False):
+            vks = {cid: card.identity for cid, card in load_allowlist(keys).items()}
+            config_args = population_args(config_args, len(vks))
+        return cls(config_args=config_args, dim=dim, min_cohort=min_cohort, verify_keys=vks,
+                   dp=dp)
 
     @property
     def document(self) -> dict[str, Any]:

@@ -97,13 +97,23 @@ class SocketOptions:
 
     The high-water marks count whole messages, so the memory one peer can pin at the
     receiver is about ``rcvhwm * max_message_bytes`` plus kernel buffers.
+
+    Heartbeats: libzmq drops a connection that delivers nothing for ``heartbeat_timeout_ms``
+    (and tells the peer to do the same after ``heartbeat_ttl_ms``). The drivers' liveness
+    probes count a dropped connection as a dead party, so this is also how long a *starved*
+    process (no CPU on a loaded host, or a receive queue full while its owner is busy, which
+    stops libzmq from reading the stream) is given before it counts as gone. It is 30 s: well
+    above the seconds of starvation seen at load averages of 10 to 20 (the old 5 s dropped
+    such clients mid-stage) and above the default 10 s stage deadline, so a stage that short
+    never loses a live client to it. A killed process is still seen at once, since its
+    kernel closes the socket; only a host that vanishes (power, network) takes this long.
     """
 
     reconnect_ivl_ms: int = 100
     reconnect_ivl_max_ms: int = 5_000
     heartbeat_ivl_ms: int = 1_000
-    heartbeat_timeout_ms: int = 5_000
-    heartbeat_ttl_ms: int = 10_000
+    heartbeat_timeout_ms: int = 30_000
+    heartbeat_ttl_ms: int = 30_000
     handshake_ivl_ms: int = 5_000
     send_timeout_ms: int = 10_000
     linger_ms: int = 1_000

@@ -38,8 +38,9 @@ def _keys_message(active: bool, keys: dict[int, ClientKeys]) -> dict[str, Any]:
 
 def _session(keys: ClientKeys | None) -> tuple[_Session, _Wire]:
     wire = _Wire(0)
+    # no policy (insecure=True): the key setup's own check, not the policy's, is under test
     session = _Session(wire, keys, lambda r, s: np.zeros_like(s),  # type: ignore[arg-type]
-                       ClientSettings())
+                       ClientSettings(), insecure=True)
     return session, wire
 
 

@@ -147,10 +147,11 @@ def test_foreign_verify_key_names_the_client(fed: _Federation) -> None:
 
 
 def test_a_smaller_cohort_within_the_clients_own_minimum_is_taken(fed: _Federation) -> None:
-    policy = fed.policy(min_cohort=2)  # the client itself allows cohorts of 2 (--min-clients 2)
+    # the client's federation has 4 parties and it allows rounds of 3 (--min-clients 3, the
+    # cohort floor; cohorts of 2 are refused: tests/fl_core/test_cohort_floor.py)
+    policy = fed.policy(config_args={**ARGS, "n": 4}, min_cohort=3)
     s, wire, calls = _session(fed, policy)
-    start = _honest_start(fed, policy, clients=(1, 3))
-    s.on_start(replace(start, config=dict(ARGS, n=2)))
+    s.on_start(_honest_start(fed, policy, clients=(1, 2, 3)))
     assert not s.refused and calls == [1] and wire.sent
 
 
@@ -296,7 +297,8 @@ def test_clients_with_different_policies_cannot_complete_a_round(
         fed: _Federation, monkeypatch: pytest.MonkeyPatch,
         caplog: pytest.LogCaptureFixture) -> None:
     # The server hides its policy document, so no client can name a field; client 3 pins a
-    # different policy (it would take cohorts of 2). The config of the round is the same for
+    # different policy (a federation of 4, rounds of 3 to 4). The config of the round is the
+    # same for
     # all, yet the policy digests in their round contexts differ: signatures and pairwise keys
     # do not match, and the round cannot complete with client 3 in it.
     monkeypatch.setattr(driver_module, "RoundStart",
@@ -304,7 +306,8 @@ def test_clients_with_different_policies_cannot_complete_a_round(
     server = ServerTransport("tcp://127.0.0.1:*", limits=limits_for(N, DIM), keys=fed.server,
                              allowlist=fed.allowlist)
     done: dict[int, int] = {}
-    policies = {1: fed.policy(), 2: fed.policy(), 3: fed.policy(min_cohort=2)}
+    policies = {1: fed.policy(), 2: fed.policy(),
+                3: fed.policy(config_args={**ARGS, "n": 4}, min_cohort=3)}
     assert policies[3].digest != policies[1].digest
     assert policy_document(config=SecAggConfig(**ARGS), dim=DIM, min_cohort=N, dp=None) == (
         policies[1].document)

@@ -20,6 +20,7 @@ import pytest
 from secagg.fl_core.identity import keyfiles, keys
 from secagg.fl_core.runtime.driver import DriverSettings, RoundDriver
 from secagg.fl_core.runtime.rounds import CONTROL, control_message, limits_for, synthetic_update
+from secagg.fl_core.transport.common import SocketOptions
 from secagg.fl_core.transport.sockets import ServerTransport
 from secagg.protocols.errors import ConfigError
 from tests.fl_core._reap import reap
@@ -39,8 +40,10 @@ time.sleep(60)
 """
 
 
-def _driver(args: dict[str, Any], **settings: Any) -> tuple[ServerTransport, RoundDriver]:
-    t = ServerTransport("tcp://127.0.0.1:*", limits=limits_for(8, 8), insecure=True)
+def _driver(args: dict[str, Any], options: SocketOptions | None = None,
+            **settings: Any) -> tuple[ServerTransport, RoundDriver]:
+    t = ServerTransport("tcp://127.0.0.1:*", limits=limits_for(8, 8), insecure=True,
+                        options=options)
     return t, RoundDriver(t, config_args=args, settings=DriverSettings(**settings))
 
 
@@ -83,11 +86,14 @@ def test_explicit_threshold_above_new_n_does_not_start_the_round() -> None:
 @pytest.mark.parametrize(("sig", "bound_s"), [
     (signal.SIGKILL, 5.0),  # the kernel closes its socket: gone at the next probe
     # Frozen: the connection stays open but ZMTP heartbeats go unanswered, so libzmq drops
-    # it after heartbeat_timeout_ms (5 s by default), like a host that vanished.
+    # it after heartbeat_timeout_ms, like a host that vanished. The default (30 s) outlasts a
+    # starved client (tests/fl_core/test_starved_client.py); 5 s here keeps the test short.
     pytest.param(signal.SIGSTOP, 15.0, marks=pytest.mark.slow),
 ], ids=["sigkill", "sigstop"])
 def test_dead_client_stops_counting_as_available(sig: signal.Signals, bound_s: float) -> None:
-    t, d = _driver({"protocol": "secagg+", "n": 4}, min_clients=3)
+    t, d = _driver({"protocol": "secagg+", "n": 4},
+                   SocketOptions(heartbeat_timeout_ms=5_000, heartbeat_ttl_ms=10_000),
+                   min_clients=3)
     proc = subprocess.Popen([sys.executable, "-c", _CLIENT, t.endpoint],
                             stdout=subprocess.PIPE, text=True)
     try:

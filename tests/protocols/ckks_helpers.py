@@ -25,7 +25,7 @@ from secagg.protocols.messages import (
     MsgType,
 )
 from secagg.protocols.transitions import ClientStage, ServerStage
-from tests.protocols.helpers import make_config, make_inputs, roundtrip
+from tests.protocols.helpers import make_config, make_inputs, reveal_honestly, roundtrip
 
 CKKS_ONLY_CLIENT_STAGES = {ClientStage.AWAIT_KEY, ClientStage.AWAIT_SUM}
 CKKS_ONLY_SERVER_STAGES = {ServerStage.DISTRIBUTE, ServerStage.CONFIRM}
@@ -78,6 +78,7 @@ class CkksDriver:
                                          key=self.keys.secret(i)) for i in ids}
         self.xs = make_inputs(ids, dim, seed, cfg.clip)
         self.inbox: dict[int, Message] = {}
+        self.auto_reveal = True
 
     def _up(self, cid: int, msgs: list[Message]) -> None:
         for m in msgs:
@@ -89,7 +90,11 @@ class CkksDriver:
                 self._up(cid, c.start(self.xs[cid]))
 
     def close(self) -> dict[int, Message]:
+        """As :meth:`tests.protocols.helpers.Driver.close` (``auto_reveal`` included)."""
+        closing = self.server.stage
         self.inbox = self.server.close_stage(self.server.expected - self.server.received)
+        if self.auto_reveal and closing is ServerStage.ADVERTISE:
+            reveal_honestly(self)
         return self.inbox
 
     def deliver(self, skip: Iterable[int] = ()) -> None:

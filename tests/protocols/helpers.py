@@ -13,6 +13,10 @@ from secagg.protocols.messages import Message
 from secagg.protocols.transitions import ClientStage, ServerStage
 from secagg.sign import SigningKey
 
+SOME_SEED = bytes(range(32))
+"""Any agreed graph seed, for tests that need a graph but no round (a round derives its seed
+from the revealed nonces: :func:`secagg.protocols.graph.graph_seed`)."""
+
 
 def make_config(protocol: str = "secagg", n: int = 4, **kw: Any) -> SecAggConfig:
     """A config with zero dropout/corruption rates unless given (so any k, t is allowed)."""
@@ -51,6 +55,7 @@ class Driver:
         self.xs = make_inputs(ids, dim, seed, cfg.clip)
         self.inbox: dict[int, Message] = {}
         self.sent: dict[int, list[Message]] = {}
+        self.auto_reveal = True
 
     def _up(self, cid: int, msgs: list[Message]) -> None:
         self.sent[cid] = msgs
@@ -64,8 +69,15 @@ class Driver:
                 self._up(cid, c.start(self.xs[cid]))
 
     def close(self) -> dict[int, Message]:
+        """Close the server's stage. With ``auto_reveal`` (the default), closing the advertise
+        stage also runs the honest commit-reveal exchange of the graph nonces, so the inbox
+        holds the rosters, as it did before the reveal stage existed; tests of the reveal
+        stage itself set ``auto_reveal = False``."""
+        closing = self.server.stage
         missing = self.server.expected - self.server.received
         self.inbox = self.server.close_stage(missing)
+        if self.auto_reveal and closing is ServerStage.ADVERTISE:
+            reveal_honestly(self)
         return self.inbox
 
     def deliver(self, skip: Iterable[int] = ()) -> None:
@@ -96,3 +108,12 @@ class Driver:
 
     def expected_sum(self, included: Iterable[int]) -> Any:
         return sum((self.xs[i] for i in included), np.zeros(self.ctx.dim))
+
+
+def reveal_honestly(d: Any) -> None:
+    """Deliver the commitment lists in ``d.inbox``, hand every reveal to the server and close
+    the reveal stage; ``d.inbox`` then holds the rosters."""
+    for cid, msg in d.inbox.items():
+        for m in d.clients[cid].receive(roundtrip(msg)):
+            d.server.receive(cid, roundtrip(m))
+    d.inbox = d.server.close_stage(d.server.expected - d.server.received)

@@ -70,7 +70,9 @@ class KeyDriver(CkksDriver):
 
 
 def driver(flavour: str) -> CkksDriver:
-    return KeyDriver(config(flavour)) if flavour == "keys" else CkksDriver(config(flavour))
+    d = KeyDriver(config(flavour)) if flavour == "keys" else CkksDriver(config(flavour))
+    d.auto_reveal = False  # the reveal stage is one of those under test
+    return d
 
 
 def tables(flavour: str) -> Any:
@@ -178,9 +180,13 @@ def test_server_table_is_total(flavour: str, stage: ServerStage, msg_type: MsgTy
         with pytest.raises(ThresholdError):  # the leader alone sends here: next epoch
             d.close()
         return
+    if skip and stage is _S.REVEAL:  # a committer that never reveals aborts the round
+        with pytest.raises(ThresholdError, match="did not reveal"):
+            d.close()
+        return
     while server.stage is not _S.DONE:  # the honest parties are unharmed
         d.close()
-        d.deliver(skip)
+        d.deliver(set() if server.stage is _S.REVEAL else skip)  # every committer reveals
     if flavour == "keys":
         assert set(server.keys.holders) >= set(d.clients) - skip
         return

@@ -64,9 +64,14 @@ def test_labels_are_separated() -> None:
     made = [
         labels.pair_mask_label(c1, 0, 1), labels.pair_mask_label(c1, 0, 2),
         labels.pair_mask_label(c2, 0, 1), labels.self_mask_label(c1, 0),
-        labels.self_mask_label(c1, 1), labels.share_associated_data(c1, 0, 1),
-        labels.share_associated_data(c1, 1, 0), labels.advert_payload(c1, 0, bytes(32), bytes(32)),
-        labels.consistency_payload(c1, (0, 1)), labels.consistency_payload(c1, (0, 1, 2)),
+        labels.self_mask_label(c1, 1), labels.share_associated_data(c1, 0, 1, bytes(32)),
+        labels.share_associated_data(c1, 1, 0, bytes(32)),
+        labels.share_associated_data(c1, 0, 1, b"\x01" * 32),
+        labels.advert_payload(c1, 0, bytes(32), bytes(32), bytes(32)),
+        labels.advert_payload(c1, 0, bytes(32), bytes(32), b"\x01" * 32),
+        labels.consistency_payload(c1, (0, 1), bytes(32)),
+        labels.consistency_payload(c1, (0, 1, 2), bytes(32)),
+        labels.consistency_payload(c1, (0, 1), b"\x01" * 32),
         labels.kex_info(c1, labels.PURPOSE_MASK_SEED, 0, 1),
         labels.kex_info(c1, labels.PURPOSE_SHARE_KEY, 0, 1),
     ]

@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from secagg.protocols import RoundContext
-from secagg.protocols.graph import NeighbourGraph, graph_seed, round_graph
+from secagg.protocols.graph import NeighbourGraph, commitment, graph_seed, round_graph
 from tests.protocols.helpers import make_config
 
 
@@ -54,14 +54,27 @@ def test_neighbourhoods_look_uniform() -> None:
     assert abs(hits[True] / trials - k / (m - 1)) < 0.08
 
 
-def test_round_graph_binds_context() -> None:
+def test_round_graph_binds_context_and_every_reveal() -> None:
     cfg = make_config("secagg+", n=30, k=4)
     ctx1 = RoundContext(config=cfg, round_id=1, dim=3, client_ids=range(30))
     ctx2 = RoundContext(config=cfg, round_id=2, dim=3, client_ids=range(30))
-    assert graph_seed(ctx1) != graph_seed(ctx2)
-    g1, g2 = round_graph(ctx1), round_graph(ctx2)
+    reveals = [(u, bytes([u]) * 32) for u in range(30)]
+    assert graph_seed(ctx1, reveals) != graph_seed(ctx2, reveals)
+    assert graph_seed(ctx1, reversed(reveals)) == graph_seed(ctx1, reveals)  # canonical order
+    changed = [*reveals[:-1], (29, bytes(32))]  # one nonce, or one committer less
+    assert graph_seed(ctx1, changed) != graph_seed(ctx1, reveals)
+    assert graph_seed(ctx1, reveals[:-1]) != graph_seed(ctx1, reveals)
+    with pytest.raises(ValueError):
+        graph_seed(ctx1, [*reveals, reveals[0]])
+    with pytest.raises(ValueError):
+        graph_seed(ctx1, [(0, b"short")])
+    g1 = round_graph(ctx1, graph_seed(ctx1, reveals))
+    g2 = round_graph(ctx2, graph_seed(ctx2, reveals))
     assert any(g1.neighbours(u) != g2.neighbours(u) for u in range(30))
-    assert round_graph(ctx1) is g1  # cached
+    assert round_graph(ctx1, graph_seed(ctx1, reveals)) is g1  # cached
+    com = commitment(ctx1, 3, bytes(32))
+    assert com != commitment(ctx1, 4, bytes(32)) != commitment(ctx2, 3, bytes(32))
+    assert len(com) == 32
     assert g1.members == tuple(range(30)) and g1.degree == 4
 
 

@@ -220,16 +220,17 @@ def test_roster_tampering() -> None:
     cases.append((d, r, dataclasses.replace(r, entries=(r.entries[0], forged, *r.entries[2:]))))
     d = Driver(make_config("secagg+", n=10, k=4, threshold=3))
     r = _roster(d)
-    stranger = next(u for u in range(10) if u not in d.clients[0].neighbours and u != 0)
+    stranger = next(u for u in range(10) if u not in d.server.graph.neighbours(0) and u != 0)
     extra = RosterEntry(stranger, bytes(range(32)), bytes(range(1, 33)))
     cases.append((d, r, Roster(r.round_id, tuple(sorted((*r.entries, extra),
-                                                         key=lambda e: e.client_id)))))
+                                                         key=lambda e: e.client_id)),
+                               r.reveals)))
     for d, _, evil in cases:
         d.inbox = {0: evil}
         refuses(d, 0, evil)
     d = Driver(cfg)
     r = _roster(d)
-    refuses(d, 0, Roster(r.round_id, tuple(e for e in r.entries if e.client_id < 2)),
+    refuses(d, 0, Roster(r.round_id, tuple(e for e in r.entries if e.client_id < 2), r.reveals),
             ThresholdError)
     # Each check on its own: the cases above trip several at once. A peer's keys replaced by
     # fresh ones (the server's own), or swapped, keep every key distinct and mine intact:
@@ -241,7 +242,7 @@ def test_roster_tampering() -> None:
         r = _roster(d)
         e1 = r.entries[1]
         evil = Roster(r.round_id, (r.entries[0], dataclasses.replace(e1, **edit(e1)),
-                                   *r.entries[2:]))
+                                   *r.entries[2:]), r.reveals)
         refuses(d, 0, evil, match="bad key signature")
         assert d.clients[0].error.party == 1  # type: ignore[union-attr]
     # passive mode has no signatures: my own keys replaced, or a peer's key duplicated
@@ -249,11 +250,12 @@ def test_roster_tampering() -> None:
     d = Driver(passive)
     r = _roster(d)
     mine = dataclasses.replace(r.entries[0], c_public=fresh)
-    refuses(d, 0, Roster(r.round_id, (mine, *r.entries[1:])), match="altered my public keys")
+    refuses(d, 0, Roster(r.round_id, (mine, *r.entries[1:]), r.reveals),
+            match="altered my public keys")
     d = Driver(passive)
     r = _roster(d)
     dup = dataclasses.replace(r.entries[2], s_public=r.entries[1].s_public)
-    refuses(d, 0, Roster(r.round_id, (*r.entries[:2], dup, *r.entries[3:])),
+    refuses(d, 0, Roster(r.round_id, (*r.entries[:2], dup, *r.entries[3:]), r.reveals),
             match="not all distinct")
 
 
@@ -263,7 +265,7 @@ def test_roster_tampering() -> None:
 def test_omitted_neighbours_are_treated_as_dropped() -> None:
     d = Driver(make_config("secagg", n=4, threshold=3))
     r = _roster(d)
-    (shares,) = d.clients[0].receive(roundtrip(Roster(r.round_id, r.entries[:-1])))
+    (shares,) = d.clients[0].receive(roundtrip(Roster(r.round_id, r.entries[:-1], r.reveals)))
     assert d.clients[0].advertised == {1, 2}
     assert [u for u, _ in shares.ciphertexts] == [1, 2]  # type: ignore[union-attr]
 
@@ -288,7 +290,7 @@ def test_replayed_roster_from_an_earlier_round() -> None:
     new.server = create_server(new.ctx)
     new.clients = {i: create_client(new.ctx, i, identity=k) for i, k in old.identities.items()}
     current = _roster(new)
-    spliced = Roster(2, (current.entries[0], *old_roster.entries[1:]))
+    spliced = Roster(2, (current.entries[0], *old_roster.entries[1:]), current.reveals)
     assert spliced.entries[1:] != current.entries[1:]
     refuses(new, 0, spliced, match="bad key signature")
 

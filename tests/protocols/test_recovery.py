@@ -30,7 +30,7 @@ from secagg.protocols.messages import UnmaskResponse
 from secagg.protocols.recovery import recover_secrets, strip_masks
 from secagg.protocols.transitions import ServerStage
 from secagg.protocols.unmasking import SecretRecovery
-from tests.protocols.helpers import make_config, make_inputs
+from tests.protocols.helpers import SOME_SEED, make_config, make_inputs
 
 
 def _ctx(protocol: str, n: int, dim: int = 50, **kw: object) -> RoundContext:
@@ -43,7 +43,7 @@ def _ctx(protocol: str, n: int, dim: int = 50, **kw: object) -> RoundContext:
 
 @pytest.mark.parametrize("n", [60, 200, 777])
 def test_ring_order_reads_back_every_window(n: int) -> None:
-    g = round_graph(_ctx("secagg+", n))
+    g = round_graph(_ctx("secagg+", n), SOME_SEED)
     order = ring_order(g.members, g.neighbours, g.degree)
     assert order is not None and sorted(order) == list(g.members)
     h, pos = g.degree // 2, {u: p for p, u in enumerate(order)}
@@ -54,9 +54,9 @@ def test_ring_order_reads_back_every_window(n: int) -> None:
 
 
 def test_ring_order_refuses_what_is_not_a_ring() -> None:
-    g = round_graph(_ctx("secagg", 12))  # complete graph
+    g = round_graph(_ctx("secagg", 12), SOME_SEED)  # complete graph
     assert ring_order(g.members, g.neighbours, g.degree) is None
-    sparse = round_graph(_ctx("secagg+", 60))
+    sparse = round_graph(_ctx("secagg+", 60), SOME_SEED)
     members = sparse.members
 
     def scrambled(u: int) -> frozenset[int]:  # same degree, not a ring
@@ -67,7 +67,7 @@ def test_ring_order_refuses_what_is_not_a_ring() -> None:
 
 
 def test_group_by_holders_shares_sets_in_ring_order() -> None:
-    g = round_graph(_ctx("secagg+", 500))
+    g = round_graph(_ctx("secagg+", 500), SOME_SEED)
     t = 2 * g.degree // 3
     alive = set(g.members) - set(range(0, 500, 20))  # 5% never answer
     holders = {u: sorted((g.neighbours(u) | {u}) & alive) for u in g.members}
@@ -95,7 +95,7 @@ def test_group_by_holders_raises_for_a_short_secret() -> None:
 def _shared(ctx: RoundContext, owners: list[int], alive: set[int], t: int,
             ) -> tuple[dict[int, bytes], dict[int, list[int]], dict[int, dict[int, bytes]]]:
     """Share one secret per owner among its closed neighbourhood; the alive holders answer."""
-    g = round_graph(ctx)
+    g = round_graph(ctx, SOME_SEED)
     secrets: dict[int, bytes] = {}
     holders: dict[int, list[int]] = {}
     answers: dict[int, dict[int, bytes]] = {h: {} for h in alive}
@@ -116,7 +116,7 @@ def test_recover_secrets_matches_reference_in_any_order(protocol: str) -> None:
     t = ctx.config.threshold
     alive = set(range(120)) - {3, 50, 51, 99}
     secrets, holders, answers = _shared(ctx, list(range(120)), alive, t)
-    g = round_graph(ctx)
+    g = round_graph(ctx, SOME_SEED)
     ref = SecretRecovery(t)
     for order in (ring_order(g.members, g.neighbours, g.degree) or list(g.members),
                   list(g.members), list(reversed(g.members))):
@@ -168,7 +168,7 @@ def _reference_remove_masks(ctx: RoundContext, acc: npt.NDArray[np.uint32], *,
 def test_strip_masks_equals_one_mask_at_a_time(protocol: str, workers: int) -> None:
     dim = 3000
     ctx = _ctx(protocol, 40, dim=dim)
-    g = round_graph(ctx)
+    g = round_graph(ctx, SOME_SEED)
     keys = {u: kex.KeyPair.generate() for u in g.members}
     public = {u: k.public_bytes() for u, k in keys.items()}
     dropped = [2, 17, 30]
@@ -186,7 +186,7 @@ def test_strip_masks_equals_one_mask_at_a_time(protocol: str, workers: int) -> N
 
 def test_strip_masks_refuses_a_key_that_was_not_advertised() -> None:
     ctx = _ctx("secagg", 6, dim=8)
-    g = round_graph(ctx)
+    g = round_graph(ctx, SOME_SEED)
     keys = {u: kex.KeyPair.generate() for u in g.members}
     public = {u: k.public_bytes() for u, k in keys.items()}
     acc = np.zeros(8, dtype=np.uint32)
@@ -201,7 +201,7 @@ def test_strip_masks_refuses_a_key_that_was_not_advertised() -> None:
 
 @pytest.mark.parametrize("protocol,n", [("secagg", 9), ("secagg+", 150)])
 def test_adjacency_answers_as_the_graph(protocol: str, n: int) -> None:
-    g = round_graph(_ctx(protocol, n))
+    g = round_graph(_ctx(protocol, n), SOME_SEED)
     adj = Adjacency(g)
     subset = {u for u in g.members if u % 3}
     within = adj.mask(subset)

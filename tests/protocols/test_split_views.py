@@ -38,6 +38,7 @@ from scipy.sparse import coo_array
 from secagg.protocols import RoundContext, SecAggConfig
 from secagg.protocols.graph import round_graph
 from secagg.sign import SigningKey
+from tests.protocols.helpers import SOME_SEED
 
 Rule = Literal["cohort", "owners"]
 
@@ -93,14 +94,17 @@ class _Model:
 
 def search(
     ctx: RoundContext, *, views: int, rule: Rule, corrupt: int = 0, target: int | None = None,
-    time_limit: float = 60.0,
+    time_limit: float = 60.0, seed: bytes = SOME_SEED,
 ) -> tuple[Plan | None, str]:
-    """Find a plan that isolates ``target`` (default: the first client) or prove there is none.
+    """Find a plan that isolates ``target`` (default: the first client) or prove there is none,
+    on the graph of ``seed`` (every seed gives an isomorphic Harary graph: a circulant laid on
+    a permutation, so a proof for one seed holds for all; the real clients' attack passes the
+    seed its round drew).
 
     Returns ``(plan, "feasible")`` or ``(None, "infeasible")``; ``"time limit"`` if HiGHS ran
     out of time (the test then fails: no claim without a proof).
     """
-    g = round_graph(ctx)
+    g = round_graph(ctx, seed)
     ids, t = ctx.client_ids, ctx.config.threshold
     T = ids[0] if target is None else target
     nb = {u: g.neighbours(u) for u in ids}

@@ -33,8 +33,10 @@ from secagg.protocols import (
     labels,
 )
 from secagg.protocols.encoding import check_input, encode_input
+from secagg.protocols.graph import graph_seed, round_graph
 from secagg.protocols.messages import (
     AdvertiseKeys,
+    Commitments,
     ConsistencyRequest,
     ConsistencySignature,
     MaskedInput,
@@ -55,14 +57,16 @@ from tests.protocols.test_split_views import Plan, search
 class SplitViewServer:
     """A malicious server running a split-view plan against the clients of ``d``."""
 
-    def __init__(self, d: Driver, plan: Plan) -> None:
-        self.d, self.plan = d, plan
+    def __init__(self, d: Driver) -> None:
+        self.d = d
+        self.plan: Plan | None = None
         self.ctx = d.ctx
         self.clients = {i: c for i, c in d.clients.items() if isinstance(c, SecAggClient)}
         self.errors: dict[int, ProtocolError] = {}
         self.adverts: dict[int, AdvertiseKeys] = {}
         self.masked: dict[int, MaskedInput] = {}
         self.answers: dict[int, UnmaskResponse] = {}
+        self.reveals: list[tuple[int, bytes]] = []
 
     def _send(self, cid: int, msg: Any) -> list[Any]:
         try:
@@ -71,17 +75,29 @@ class SplitViewServer:
             self.errors[cid] = exc
             return []
 
-    def run(self) -> None:
-        ctx, plan, rid = self.ctx, self.plan, self.ctx.round_id
-        nb = {u: self.clients[u].neighbours for u in ctx.client_ids}
+    def commit_reveal(self) -> bytes:
+        """Start every client and run the honest commit-reveal exchange: the server learns the
+        round's graph seed only now, after every nonce is in (it then plans on that graph)."""
+        rid = self.ctx.round_id
         for cid, c in self.clients.items():
             (adv,) = c.start(self.d.xs[cid])
             self.adverts[cid] = adv  # type: ignore[assignment]
+        coms = Commitments(rid, tuple((u, a.commitment) for u, a in sorted(self.adverts.items())))
+        for cid in self.ctx.client_ids:
+            (rev,) = self._send(cid, coms)
+            self.reveals.append((cid, rev.nonce))
+        return graph_seed(self.ctx, self.reveals)
+
+    def run(self) -> None:
+        ctx, plan, rid = self.ctx, self.plan, self.ctx.round_id
+        assert plan is not None
+        graph = round_graph(ctx, graph_seed(ctx, self.reveals))
+        nb = {u: graph.neighbours(u) for u in ctx.client_ids}
         cts: dict[tuple[int, int], bytes] = {}  # (sender, recipient) -> share ciphertext
         for cid in ctx.client_ids:  # genuine, signed rosters: every neighbour
             entries = tuple(RosterEntry(u, a.c_public, a.s_public, a.signature)
                             for u, a in sorted(self.adverts.items()) if u in nb[cid] | {cid})
-            for msg in self._send(cid, Roster(rid, entries)):
+            for msg in self._send(cid, Roster(rid, entries, tuple(self.reveals))):
                 assert isinstance(msg, ShareKeys)
                 cts.update({(cid, r): ct for r, ct in msg.ciphertexts})
         for cid in ctx.client_ids:  # relays: the plan's for whoever answers, all for the rest
@@ -113,6 +129,7 @@ class SplitViewServer:
         Raises:
             ThresholdError: too few shares of its seed or of a mask key it needs.
         """
+        assert self.plan is not None
         ctx, target, t = self.ctx, self.plan.target, self.ctx.config.threshold
         seed_ys: dict[int, dict[int, int]] = {}
         key_ys: dict[int, dict[int, int]] = {}
@@ -141,7 +158,7 @@ def _old_rule(self: SecAggClient, msg: UnmaskRequest, alive: set[int],
         raise RemoteProtocolError("unmask request contradicts the signed survivor set")
     if len(msg.signatures) < ctx.config.threshold:
         raise ThresholdError(f"only {len(msg.signatures)} consistency signatures")
-    payload = labels.consistency_payload(ctx, self._signed or ())
+    payload = labels.consistency_payload(ctx, self._signed or (), self._seed)
     for v, sig in msg.signatures:
         if v not in signed:
             raise RemoteProtocolError("signature from a non-survivor", party=v)
@@ -155,10 +172,12 @@ def _attack() -> tuple[Driver, SplitViewServer]:
     cfg = SecAggConfig(protocol="secagg+", n=20, active=True)
     assert (cfg.k, cfg.threshold) == (8, 6)
     d = Driver(cfg, dim=5, seed=11)
-    plan, status = search(d.ctx, views=3, rule="cohort", time_limit=60)
+    server = SplitViewServer(d)
+    seed = server.commit_reveal()
+    plan, status = search(d.ctx, views=3, rule="cohort", time_limit=60, seed=seed)
     assert status == "feasible" and plan is not None
     assert not plan.corrupt
-    server = SplitViewServer(d, plan)
+    server.plan = plan
     server.run()
     return d, server
 

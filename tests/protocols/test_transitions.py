@@ -8,14 +8,16 @@ import numpy as np
 import pytest
 
 from secagg.packing import packed_size
-from secagg.protocols import LocalProtocolError, RemoteProtocolError
+from secagg.protocols import LocalProtocolError, RemoteProtocolError, ThresholdError
 from secagg.protocols.messages import (
     AdvertiseKeys,
+    Commitments,
     ConsistencyRequest,
     ConsistencySignature,
     MaskedInput,
     Message,
     MsgType,
+    Reveal,
     Roster,
     RosterEntry,
     ShareKeys,
@@ -42,8 +44,10 @@ def sample(t: MsgType, sender: int = 0, round_id: int = 1, dim: int = 3, bits: i
     """A well-formed message of type ``t`` (not necessarily sensible for the round)."""
     k1, k2 = bytes(range(32)), bytes(range(1, 33))
     return {
-        MsgType.ADVERTISE_KEYS: AdvertiseKeys(round_id, sender, k1, k2),
-        MsgType.ROSTER: Roster(round_id, (RosterEntry(1, k1, k2),)),
+        MsgType.ADVERTISE_KEYS: AdvertiseKeys(round_id, sender, k1, k2, k1),
+        MsgType.COMMITMENTS: Commitments(round_id, ((0, k1), (1, k2))),
+        MsgType.REVEAL: Reveal(round_id, sender, k2),
+        MsgType.ROSTER: Roster(round_id, (RosterEntry(1, k1, k2),), ((0, k1), (1, k2))),
         MsgType.SHARE_KEYS: ShareKeys(round_id, sender, ()),
         MsgType.SHARES_RELAY: SharesRelay(round_id, ()),
         MsgType.MASKED_INPUT: MaskedInput(round_id, sender, dim, bits,
@@ -57,9 +61,10 @@ def sample(t: MsgType, sender: int = 0, round_id: int = 1, dim: int = 3, bits: i
 
 
 CLIENT_PATH = {
-    False: [ClientStage.NEW, ClientStage.AWAIT_ROSTER, ClientStage.AWAIT_SHARES,
-            ClientStage.AWAIT_UNMASK, ClientStage.DONE],
-    True: [ClientStage.NEW, ClientStage.AWAIT_ROSTER, ClientStage.AWAIT_SHARES,
+    False: [ClientStage.NEW, ClientStage.AWAIT_COMMITMENTS, ClientStage.AWAIT_ROSTER,
+            ClientStage.AWAIT_SHARES, ClientStage.AWAIT_UNMASK, ClientStage.DONE],
+    True: [ClientStage.NEW, ClientStage.AWAIT_COMMITMENTS, ClientStage.AWAIT_ROSTER,
+           ClientStage.AWAIT_SHARES,
            ClientStage.AWAIT_CONSISTENCY, ClientStage.AWAIT_UNMASK, ClientStage.DONE],
 }
 
@@ -68,6 +73,7 @@ def client_at(active: bool, stage: ClientStage) -> tuple[Driver, Any]:
     """A round of 3 whose client 0 is in ``stage``; returns the driver and the next legal
     server message for client 0 (None in NEW and DONE)."""
     d = Driver(make_config("secagg", n=3, active=active))
+    d.auto_reveal = False  # the reveal stage is one of those under test
     steps = CLIENT_PATH[active].index(stage)
     if steps >= 1:
         d.start()
@@ -110,9 +116,10 @@ def test_client_table_is_total(active: bool, stage: ClientStage, event: Any) -> 
 
 
 SERVER_PATH = {
-    False: [ServerStage.ADVERTISE, ServerStage.SHARE, ServerStage.MASKED_INPUT,
-            ServerStage.UNMASK, ServerStage.DONE],
-    True: [ServerStage.ADVERTISE, ServerStage.SHARE, ServerStage.MASKED_INPUT,
+    False: [ServerStage.ADVERTISE, ServerStage.REVEAL, ServerStage.SHARE,
+            ServerStage.MASKED_INPUT, ServerStage.UNMASK, ServerStage.DONE],
+    True: [ServerStage.ADVERTISE, ServerStage.REVEAL, ServerStage.SHARE,
+           ServerStage.MASKED_INPUT,
            ServerStage.CONSISTENCY, ServerStage.UNMASK, ServerStage.DONE],
 }
 
@@ -121,6 +128,7 @@ def server_at(active: bool, stage: ServerStage) -> tuple[Driver, list[Message]]:
     """A round of 4 (t=3) whose server collects ``stage``; client 0's own message for that
     stage is held back and returned."""
     d = Driver(make_config("secagg", n=4, active=active, threshold=3))
+    d.auto_reveal = False
     held: list[Message] = []
     if stage is ServerStage.DONE:
         d.run()
@@ -157,10 +165,16 @@ def test_server_table_is_total(active: bool, stage: ServerStage, msg_type: MsgTy
             server.receive(0, sample(msg_type, bits=d.ctx.config.bits))
         assert info.value.party == 0
         assert server.stage is stage and 0 in server.barred
+        if stage is ServerStage.REVEAL:  # a committer that never reveals aborts the round
+            with pytest.raises(ThresholdError, match="did not reveal"):
+                d.close()
+            return
     # the honest clients are unharmed: the round completes without (or with) client 0
     while server.stage is not ServerStage.DONE:
         d.close()
-        if server.stage is not ServerStage.DONE:
+        if server.stage is ServerStage.REVEAL:
+            d.deliver()  # every committer reveals (client 0 too, if it committed)
+        elif server.stage is not ServerStage.DONE:
             d.deliver(skip={0})
     included = server.result.included
     assert set(included) >= {1, 2, 3}

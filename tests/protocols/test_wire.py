@@ -15,11 +15,13 @@ from secagg.protocols.context import MAX_CLIENT_ID
 from secagg.protocols.messages import (
     SHARE_CIPHERTEXT_BYTES,
     AdvertiseKeys,
+    Commitments,
     ConsistencyRequest,
     ConsistencySignature,
     MaskedInput,
     Message,
     MsgType,
+    Reveal,
     Roster,
     RosterEntry,
     ShareKeys,
@@ -50,11 +52,14 @@ def masked_inputs(draw: st.DrawFn) -> MaskedInput:
 
 entries = st.builds(RosterEntry, cids, keys, keys, sigs)
 messages: st.SearchStrategy[Message] = st.one_of(
-    st.builds(AdvertiseKeys, rounds, cids, keys, keys, sigs),
+    st.builds(AdvertiseKeys, rounds, cids, keys, keys, keys, sigs),
+    st.builds(Commitments, rounds, pairs(32)),
+    st.builds(Reveal, rounds, cids, keys),
     st.builds(Roster, rounds,
               st.dictionaries(cids, entries, max_size=3).map(
                   lambda d: tuple(RosterEntry(i, e.c_public, e.s_public, e.signature)
-                                  for i, e in sorted(d.items())))),
+                                  for i, e in sorted(d.items()))),
+              pairs(32)),
     st.builds(ShareKeys, rounds, cids, pairs(SHARE_CIPHERTEXT_BYTES)),
     st.builds(SharesRelay, rounds, pairs(SHARE_CIPHERTEXT_BYTES)),
     masked_inputs(),
@@ -126,15 +131,19 @@ def _valid() -> bytes:
         (b"", "header"),
         (b"XX\x01\x06" + _valid()[4:], "magic"),
         (b"SA\x01\x06" + _valid()[4:], "version"),
-        (b"SA\x02\x63" + _valid()[4:], "unknown message type"),
+        (b"SA\x02\x06" + _valid()[4:], "version"),  # before graph commitments: refused
+        (b"SA\x03\x63" + _valid()[4:], "unknown message type"),
         (_valid() + b"\x00", "trailing"),
         (_valid()[:-1], "count exceeds"),
         (wire.encode(ConsistencySignature(1, 2, bytes(64)))[:-1], "truncated"),
-        (b"SA\x02\x06" + struct.pack(">QI", 7, 2**31), "count exceeds"),
+        (b"SA\x03\x06" + struct.pack(">QI", 7, 2**31), "count exceeds"),
         (wire.encode(ConsistencyRequest(7, (1, 2)))[:-8] + struct.pack(">II", 2, 1), "ascending"),
-        (b"SA\x02\x05" + struct.pack(">QIIB", 1, 1, 4, 8) + b"\x00" * 3, "MASKED_INPUT"),
-        (b"SA\x02\x05" + struct.pack(">QIIB", 1, 1, 4, 40) + b"\x00" * 20, "bits"),
-        (b"SA\x02\x01" + struct.pack(">QI", 1, 1) + bytes(64) + b"\x05abcde", "signature"),
+        (b"SA\x03\x05" + struct.pack(">QIIB", 1, 1, 4, 8) + b"\x00" * 3, "MASKED_INPUT"),
+        (b"SA\x03\x05" + struct.pack(">QIIB", 1, 1, 4, 40) + b"\x00" * 20, "bits"),
+        (b"SA\x03\x01" + struct.pack(">QI", 1, 1) + bytes(96) + b"\x05abcde", "signature"),
+        (b"SA\x03\x12" + struct.pack(">QI", 1, 1) + bytes(31), "truncated"),
+        (b"SA\x03\x11" + struct.pack(">QI", 1, 2) + struct.pack(">I", 1) + bytes(32)
+         + struct.pack(">I", 0) + bytes(32), "ascending"),
     ],
 )
 def test_specific_rejections(data: bytes, match: str) -> None:

@@ -1,17 +1,24 @@
 """Chunked full weights (pretrain ``--adapter full``): the chunk layout, in-place chunk access
 on a real model, the at-most-once rule of the client against a replaying server (driving the
-real client task), and a whole training round of chunks through the real SecAgg+ protocol in
-process: the server's new weights are the old ones plus the clients' mean update."""
+real client task), also across restarts (issue 21, attack 4), fresh training randomness, and a
+whole training round of chunks through the real SecAgg+ protocol in process: the server's new
+weights are the old ones plus the clients' mean update."""
 
 from __future__ import annotations
 
 import itertools
+import json
+import tempfile
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from secagg.fl_core.finetune import chunked, pretrain
 from secagg.fl_core.finetune.chunked import (
     ChunkedClientTask,
     ChunkedServerTask,
@@ -21,7 +28,9 @@ from secagg.fl_core.finetune.chunked import (
     chunk_functionals,
 )
 from secagg.fl_core.finetune.job import FinetuneJob
+from secagg.fl_core.finetune.ledger import ChunkAnswers, PrivacyLedger, chunk_answers_path
 from secagg.fl_core.finetune.party import JobData
+from secagg.fl_core.finetune.privacy import resolve_dp
 from secagg.fl_core.runtime.client_app import RoundAwareUpdate, StepAwareUpdate
 from secagg.fl_core.runtime.driver import RoundOutcome
 from secagg.models import AdapterConfig, TaskKind, TextData, build_model
@@ -129,29 +138,53 @@ def test_client_answers_each_chunk_once_and_refuses_a_replaying_server(
         chunks_model.write(k, start[s:e])
 
 
-@settings(max_examples=12, deadline=None,
-          suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(requests=st.lists(st.integers(0, 5), min_size=1, max_size=6))
-def test_no_request_sequence_gets_a_step_answered_twice(
-        smol_full: tuple, requests: list[int]) -> None:  # type: ignore[type-arg]
-    """Any sequence of requested steps (the adversary's choice): answered steps strictly
-    increase, so no (training round, chunk) of a cached update is ever answered twice."""
-    _, model, _ = smol_full
+Request = tuple[int, bool]  # (step, restart the client before it)
+
+
+def _drive(model, requests: list[Request],  # type: ignore[no-untyped-def]
+           answers: Callable[[], ChunkAnswers]) -> list[int]:
+    """Send each requested step (its broadcast the initial chunk), restarting the client (a
+    new task, the model back at the initial weights, ``answers()`` for its books) where asked;
+    the steps answered."""
     start = model.get_vector()
     lay = ChunkLayout(model.num_trainable, JOB.chunk_size)
-    client = ChunkedClientTask(JOB, 1, model, DOCS, chunk_size=JOB.chunk_size,
-                               protocol_clip=1.0)
-    client._train = lambda round_id, r: _fake_train(client, r)  # type: ignore[method-assign,assignment]
+    client: ChunkedClientTask | None = None
     answered: list[int] = []
-    for i, step in enumerate(requests):
+    for i, (step, restart) in enumerate(requests):
+        if client is None or restart:
+            client = ChunkedClientTask(JOB, 1, model, DOCS, chunk_size=JOB.chunk_size,
+                                       protocol_clip=1.0, answers=answers())
+            client._train = lambda round_id, r, c=client: _fake_train(c, r)  # type: ignore[method-assign,misc]
         a, b = lay.span(lay.broadcast_of(step)[1])
         try:  # the broadcast is the initial chunk (the fake update is zero)
             client.for_step(i + 1, step, lay.pad(start[a:b]))
             answered.append(step)
         except ChunkRefused:
             pass
-    assert answered == sorted(set(answered))
     assert np.array_equal(model.get_vector(), start)
+    return answered
+
+
+@settings(max_examples=12, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(requests=st.lists(st.tuples(st.integers(0, 5), st.booleans()), min_size=1, max_size=6))
+def test_no_request_sequence_gets_a_step_answered_twice(
+        smol_full: tuple, requests: list[Request]) -> None:  # type: ignore[type-arg]
+    """Any sequence of requested steps and client restarts (the adversary's choice): answered
+    steps strictly increase, so no (training round, chunk) of an update is ever answered
+    twice, by one process or by its restarts (the answers file persists across them)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "client-1.chunks.json"
+        answered = _drive(smol_full[1], requests, lambda: ChunkAnswers(JOB, 1, path))
+    assert answered == sorted(set(answered))
+
+
+def test_the_control_without_persisted_answers_answers_a_step_twice(
+        smol_full: tuple) -> None:  # type: ignore[type-arg]
+    """The same driver with the answers kept in memory only (before issue 21): one restart
+    and the replayed step 0 is answered again."""
+    answered = _drive(smol_full[1], [(0, False), (0, True)], lambda: ChunkAnswers(JOB, 1))
+    assert answered == [0, 0]
 
 
 def _fake_train(client: ChunkedClientTask, r: int) -> dict[str, float]:
@@ -161,6 +194,83 @@ def _fake_train(client: ChunkedClientTask, r: int) -> dict[str, float]:
     client._update_round = r
     client.versions[:] = -1
     return {}
+
+
+def _restore(model, start: np.ndarray) -> None:  # type: ignore[no-untyped-def]
+    """Put the initial weights back (what a restarted process builds from the job)."""
+    lay = ChunkLayout(model.num_trainable, JOB.chunk_size)
+    chunks = ModelChunks(model, lay)
+    for k in range(lay.chunks):
+        a, b = lay.span(k)
+        chunks.write(k, start[a:b])
+
+
+def test_a_restarted_client_refuses_replayed_steps(
+        smol_full: tuple, tmp_path: Path,  # type: ignore[type-arg]
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 21, attack 4. The adversary: a server that gets step 0 (chunk 0 of training
+    round 0) and step 1 from party A, restarts A (a new process: initial model, new objects,
+    the same files; built as ``secagg client --ledger`` builds it) and replays steps 0 and 1.
+    Were A (and B) to answer step 0 again with a bit-identical update, the sum of {A, B, C}
+    minus that of {A, B} would be C's exact chunk (no DP in this job).
+
+    With the answers persisted beside the ledger the restarted A refuses both steps before
+    touching its model. The control: a restarted A whose answers lived in memory answers
+    step 0 again, bit-identically under the training seed of before the change (a function
+    of job, party and training round, pinned here for both of A's processes)."""
+    _, model, _ = smol_full
+    start = model.get_vector()
+    lay = ChunkLayout(model.num_trainable, JOB.chunk_size)
+    monkeypatch.setattr(chunked, "random_below",
+                        lambda upper: (JOB.seed * 1_000_003 + 1) * 1_000_003 + 0)
+    data = JobData(DOCS, DOCS.subset(np.arange(4)), (np.arange(0, 16, 2), np.arange(1, 16, 2)))
+    dp = resolve_dp(JOB, dim=lay.chunk_size, sizes=(8, 8), cohort=2, threshold=2)
+    ledger_file = tmp_path / "client-1.ledger.json"
+
+    def process(*, books: bool) -> ChunkedClientTask:
+        _restore(model, start)
+        task = pretrain.client_task(JOB, 1, model, data, dp, 1.0, None,
+                                    PrivacyLedger(JOB, dp, 1, ledger_file if books else None))
+        assert isinstance(task, ChunkedClientTask)
+        return task
+
+    init_last = lay.pad(start[lay.span(lay.chunks - 1)[0]:])
+    first = process(books=True)
+    out0 = first.for_step(1, 0, init_last)
+    first.for_step(2, 1, lay.pad(ModelChunks(model, lay).read(0)))
+    answers_file = chunk_answers_path(ledger_file)
+    assert json.loads(answers_file.read_text())["last_step"] == 1
+    restarted = process(books=True)
+    for step in (0, 1):
+        with pytest.raises(ChunkRefused, match="replayed"):
+            restarted.for_step(3 + step, step, init_last)
+    assert np.array_equal(model.get_vector(), start)  # refused before anything was written
+    control = process(books=False)
+    again = control.for_step(5, 0, init_last)
+    assert np.array_equal(again, out0)  # the attack: the same chunk of the same update
+    _restore(model, start)
+
+
+def test_fresh_runs_of_a_party_train_different_updates(
+        smol_full: tuple) -> None:  # type: ignore[type-arg]
+    """Two fresh processes of one party (same job, data and initial model) answer step 0
+    with different updates: the training seed is fresh CSPRNG randomness, so a restarted
+    party whose answers file was lost does not recompute its update bit for bit (3 local
+    steps over 16 documents: equal batches by chance about 1e-6)."""
+    _, model, _ = smol_full
+    start = model.get_vector()
+    job = replace(JOB, local_steps=3)
+    lay = ChunkLayout(model.num_trainable, job.chunk_size)
+    init_last = lay.pad(start[lay.span(lay.chunks - 1)[0]:])
+    outs = []
+    for _ in range(2):
+        _restore(model, start)
+        task = ChunkedClientTask(job, 1, model, DOCS, chunk_size=job.chunk_size,
+                                 protocol_clip=1.0)
+        outs.append(task.for_step(1, 0, init_last))
+    assert not np.array_equal(outs[0], outs[1])
+    assert np.abs(outs[0]).max() > 0 and np.abs(outs[1]).max() > 0
+    _restore(model, start)
 
 
 def test_a_training_round_of_chunks_applies_the_clients_mean(

@@ -66,7 +66,8 @@ def test_the_budget_cuts_a_stage_short_and_later_stages_never_start(tmp_path: Pa
     schedule = _schedule(tmp_path, (2, 1))
     job = FinetuneJob(num_clients=3, records_per_round=24, eval_size=60, max_length=16,
                       epsilon=6.0, continual=resolve_schedule(str(schedule)), rounds=3)
-    prep = prepare(job, protocol="secagg+", n=3, active=True, min_cohort=2)
+    # min_cohort: the cohort floor secagg run passes (tests/fl_core/test_cohort_floor.py)
+    prep = prepare(job, protocol="secagg+", n=3, active=True, min_cohort=3)
     acc = prep.dp.accountant()
     assert acc is not None
     one, two = acc.epsilon(1), acc.epsilon(2)

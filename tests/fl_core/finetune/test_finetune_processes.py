@@ -38,9 +38,11 @@ def test_secagg_run_fine_tunes_with_distributed_dp(tmp_path: Path) -> None:
     doc = json.loads(summary.read_text())
     assert doc["rounds"] == 2 and doc["dp"]["unit"] == "record"
     assert doc["dp"]["noise"] == "distributed"
-    # exact noise: calibrated for every round size down to --min-clients (2 by default), the
-    # threshold per round size from the config rule (Bell et al.: 3 at n=3, active)
-    assert doc["dp"]["exact_noise"] == [[2, 2], [3, 3]] and "threshold" not in doc["protocol"]
+    # exact noise: calibrated for every round size down to --min-clients (by default the
+    # cohort floor, 3 of 3 here: a round of 2 would hand one party's update to the other,
+    # tests/fl_core/test_cohort_floor.py), the threshold per round size from the config rule
+    # (Bell et al.: 3 at n=3, active)
+    assert doc["dp"]["exact_noise"] == [[3, 3]] and "threshold" not in doc["protocol"]
     assert [r["threshold"] for r in doc["per_round"]] == [3, 3]
     assert 0.9 * 6 < doc["epsilon"] <= 6 * (1 + 1e-6)  # solved for exactly these 2 rounds
     assert 0.0 <= doc["accuracy_before"] <= 1.0 and 0.0 <= doc["accuracy_after"] <= 1.0

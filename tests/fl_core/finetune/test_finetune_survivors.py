@@ -1,7 +1,8 @@
 """A party killed in the middle of a fine-tuning job: the survivors carry on with exact noise.
 
 Real processes, CurveZMQ on loopback, active SecAgg+, MiniLM on TREC. Four clients with
-``--min-clients 2``; client 4 SIGKILLs itself when round 2 starts (after the server sampled it).
+``--min-clients 3`` (the cohort floor of 4 with DP); client 4 SIGKILLs itself when round 2
+starts (after the server sampled it).
 The server's pings find the dead pipe, so round 2's first stage closes in about a second, not
 at its 120 s deadline, and the round completes with the three survivors; later rounds sample
 the three live clients. Round 1 (all four in the sum, threshold 3) has every survivor release
@@ -38,7 +39,7 @@ def test_a_killed_party_costs_one_probe_not_a_deadline(tmp_path: Path) -> None:
     FinetuneJob(num_clients=CLIENTS, rounds=3, records_per_round=24, eval_size=48,
                 max_length=32, epsilon=6.0).save(job_file)
     port, summary = free_port(), tmp_path / "summary.json"
-    common = ["--job", str(job_file), "--keys", str(key_dir), "--min-clients", "2"]
+    common = ["--job", str(job_file), "--keys", str(key_dir), "--min-clients", "3"]
     server = [*PY, "serve", *common, "--bind", f"tcp://127.0.0.1:{port}", "--checkpoint",
               str(tmp_path / "ckpt"), "--json", str(summary), "--stage-deadline",
               "advertise=120", "--join-timeout", "120"]

@@ -73,14 +73,22 @@ class Federation:
         return self.root / "server-policy.json"
 
 
+LEDGER = "privacy-ledger.json"
+"""Each DP node's privacy ledger, next to its policy file (``ledger``)."""
+
+
 def federation(root: Path, ids: Iterable[int], public: Mapping[str, Any],
-               node_extra: Mapping[int, Mapping[str, Any]] | None = None) -> Federation:
+               node_extra: Mapping[int, Mapping[str, Any]] | None = None, *,
+               ledger: bool = True) -> Federation:
+    """Keys and policy files; with ``[dp]`` (and ``ledger``) each node's policy names its
+    privacy ledger :data:`LEDGER` in its own folder."""
     ids = tuple(ids)
     own = write_keys(root, ids)
     fed = Federation(root, dict(public), ids)
     write_policy(fed.server_policy, public)
+    books = {"ledger": LEDGER} if ledger and "dp" in public else {}
     for cid in ids:
-        doc = {**public, "keys": str(own[cid]), "client_id": cid,
+        doc = {**public, **books, "keys": str(own[cid]), "client_id": cid,
                **(node_extra or {}).get(cid, {})}
         fed.policies[cid] = write_policy(root / f"node-{cid}" / "policy.json", doc)
     return fed

@@ -31,7 +31,14 @@ from secagg.fl_core.flower import (
 from secagg.fl_core.flower._state import RECORD, join_frames, split_frames
 from secagg.fl_core.runtime.policy import PolicyMismatch
 from secagg.protocols.errors import ConfigError, RemoteProtocolError, ThresholdError
-from secagg.protocols.messages import AdvertiseKeys, Roster, RosterEntry, ShareKeys
+from secagg.protocols.messages import (
+    AdvertiseKeys,
+    Commitments,
+    Reveal,
+    Roster,
+    RosterEntry,
+    ShareKeys,
+)
 from secagg.protocols.wire import decode, encode
 from secagg.sign import SigningKey
 
@@ -214,9 +221,10 @@ def test_without_a_pinned_dim_the_update_length_is_the_pin(tmp_path: Path,
 def test_split_views_are_refused_before_any_share(fed: Any, server_side: None) -> None:
     """Nodes 1, 2, 3 get the cohort (1, 2, 3, 4) and node 4 the cohort (1, 3, 4), all with
     the allowlisted keys: each view alone passes the policy. The server then shows node 1 a
-    roster that mixes node 4's advert (signed under the other view) with the others': node 1
-    refuses before it shares anything. Control: node 2 gets a roster of one view (1, 2, 3)
-    and sends its shares."""
+    commitment list and a roster that mix node 4's advert (committed and signed under the
+    other view) with the others': node 1 refuses before it shares anything (node 4's nonce
+    does not open a commitment of node 1's round). Control: node 2 gets one view's list and
+    roster (1, 2, 3) and sends its shares."""
     nodes = make_nodes(fed)
     cid = by_cid(nodes)
     view_a = honest_starts(fed, nodes, 1, cohort=IDS)
@@ -224,20 +232,31 @@ def test_split_views_are_refused_before_any_share(fed: Any, server_side: None) -
     adverts = {c: accepted(cid[c], view_a[c]) for c in (1, 2, 3)}
     adverts[4] = accepted(cid[4], view_b[4])
 
-    def roster(members: tuple[int, ...]) -> bytes:
-        entries = []
-        for m in members:
-            adv = decode(adverts[m][0])
-            assert isinstance(adv, AdvertiseKeys)
-            entries.append(RosterEntry(m, adv.c_public, adv.s_public, adv.signature))
-        return encode(Roster(1, tuple(entries)))
+    def advert(m: int) -> AdvertiseKeys:
+        adv = decode(adverts[m][0])
+        assert isinstance(adv, AdvertiseKeys)
+        return adv
 
-    def step(to: int, data: bytes) -> Message:
-        return with_record(view_a[to], phase="step", data=join_frames([data]), round=1,
+    def step(to: int, msg: Any) -> Message:
+        return with_record(view_a[to], phase="step", data=join_frames([encode(msg)]), round=1,
                            config=None, clients=None, verify_keys=None, policy=None, dim=None,
                            cid=None)
 
-    with pytest.raises(RemoteProtocolError, match="signature"):
+    def commitments(members: tuple[int, ...]) -> Commitments:
+        return Commitments(1, tuple((m, advert(m).commitment) for m in members))
+
+    nonces = {}
+    for node, members in ((1, IDS), (3, IDS), (4, (1, 3, 4)), (2, (1, 2, 3))):
+        reveal = decode(accepted(cid[node], step(node, commitments(members)))[0])
+        assert isinstance(reveal, Reveal)
+        nonces[node] = reveal.nonce
+
+    def roster(members: tuple[int, ...]) -> Roster:
+        entries = tuple(RosterEntry(m, advert(m).c_public, advert(m).s_public,
+                                    advert(m).signature) for m in members)
+        return Roster(1, entries, tuple((m, nonces[m]) for m in members))
+
+    with pytest.raises(RemoteProtocolError, match=r"commitment|signature"):
         cid[1](step(1, roster(IDS)))
     assert cid[1].participant is None  # aborted, secrets wiped, nothing sent
     frames = accepted(cid[2], step(2, roster((1, 2, 3))))  # control: one view's roster

@@ -34,10 +34,12 @@ from secagg.fl_core.flower import (
     FlowerRound,
     PrivacyBudgetExhausted,
     SecAggWorkflow,
+    load_node_policy,
     secagg_mod,
     simulation_node_config,
 )
 from secagg.fl_core.flower._state import RECORD
+from secagg.fl_core.flower.ledger import node_ledger
 from secagg.fl_core.runtime.policy import PolicyMismatch
 from secagg.protocols.errors import ThresholdError
 
@@ -298,7 +300,8 @@ def _sim_apps(policies: dict[int, str], server_policy: str, cards: str
 def test_active_dp_rounds_over_flower_simulation(tmp_path: Path) -> None:
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     ids = tuple(range(1, SIM_N + 1))
-    public = {"protocol": "secagg+", "n": SIM_N, "min_cohort": SIM_N - 1, "dim": SIM_DIM,
+    # min_cohort: the cohort floor of n = 5 with DP (docs/parameters.md#cohort-floor)
+    public = {"protocol": "secagg+", "n": SIM_N, "min_cohort": SIM_N, "dim": SIM_DIM,
               "dp": {**DP, "rounds": 2}}
     fed = federation(tmp_path, ids, public)
     server_app, client_app = _sim_apps({c: str(p) for c, p in fed.policies.items()},
@@ -321,3 +324,7 @@ def test_active_dp_rounds_over_flower_simulation(tmp_path: Path) -> None:
     assert acc is not None
     acc.step(2)
     assert SIM_RESULTS[-1].epsilon == pytest.approx(acc.epsilon(), rel=1e-12)
+    for cid in ids:  # each node's own books, kept by its Ray workers (FAIL_CID too: it
+        # dropped after its round-2 start, so that round is charged)
+        ledger = node_ledger(load_node_policy(fed.policies[cid]))
+        assert ledger is not None and ledger.rounds == [1, 2]
