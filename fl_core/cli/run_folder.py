@@ -11,13 +11,15 @@ current folder and keeps everything of the run inside it::
     checkpoint            the server's state after every round
     run_summary.json      the summary (--json puts it elsewhere)
     client-<i>.stats.jsonl
+    client-<i>.log        what client i wrote to stderr (secagg.fl_core.cli.supervise)
 
 ``--run-dir DIR`` chooses the folder instead; ``--checkpoint FILE`` alone makes the file's folder
 the run folder (``make run`` does this). A fresh run refuses a folder that already holds a
-checkpoint. ``--resume RUN`` takes a run id (a folder under ``.secagg/runs/``) or a folder path;
-a bare ``--resume`` continues the run of ``--run-dir`` or ``--checkpoint``. Resuming takes the
-protocol, cohort, dimension and job from the folder; a flag that contradicts them is refused
-before anything starts (and the server checks the job digest against the checkpoint again).
+checkpoint, the clients' books of an earlier run, or another job's ``job.json``.
+``--resume RUN`` takes a run id (a folder under ``.secagg/runs/``) or a folder path; a bare
+``--resume`` continues the run of ``--run-dir`` or ``--checkpoint``. Resuming takes the protocol,
+cohort, dimension and job from the folder; a flag that contradicts them is refused before anything
+starts (and the server checks the job digest against the checkpoint again).
 
 Only the standard library and the (numpy-only) checkpoint reader: these checks run before any
 process starts.
@@ -34,8 +36,8 @@ from typing import Any
 
 from secagg.fl_core.errors import FlCoreError
 
-__all__ = ["RUNS_ROOT", "RunFolder", "RunFolderError", "apply", "check_checkpoint", "create",
-           "locate", "restore_settings", "save_settings"]
+__all__ = ["RUNS_ROOT", "RunFolder", "RunFolderError", "apply", "check_checkpoint", "check_fresh",
+           "create", "locate", "restore_settings", "save_settings"]
 
 RUNS_ROOT = Path(".secagg") / "runs"
 SETTINGS = "run.json"
@@ -176,6 +178,42 @@ def check_checkpoint(run: RunFolder, *, job_digest: str | None, dim: int | None)
         raise RunFolderError(f"--resume {run.run_id}: the checkpoint holds {ckpt.state.shape[0]}"
                              f" values, not --dim {dim}")
     return f"resuming run {run.run_id} after {ckpt.step} applied rounds"
+
+
+_BOOKS = ("client-*.ledger.json", "client-*.chunks.json", "client-*.state")
+
+
+def check_fresh(run: RunFolder, *, job_json: str | None) -> None:
+    """A fresh run must find no other run's files in its folder (``--checkpoint`` beside an
+    old one, two runs given one ``--run-dir``): the clients' books of an earlier run (their
+    clients would refuse every round id that run used, or its ledger), or the ``job.json`` of
+    another job (the new run would overwrite it). ``job_json``: this run's job
+    (:meth:`FinetuneJob.to_json`), None for ``--dim``. A resume is not checked here.
+
+    Raises:
+        RunFolderError: the folder holds a client's ledger, chunk answers or state file, or a
+            ``job.json`` that is not this run's job (one line naming the file).
+    """
+    if run.resume:
+        return
+    again = (f"continue that run with --resume {run.run_id}, or start fresh in another folder "
+             "(a bare secagg run makes one)")
+    folder = run.checkpoint.parent
+    found = sorted(p.name for pattern in _BOOKS for p in folder.glob(pattern))
+    if found:
+        raise RunFolderError(
+            f"{folder} holds the clients' books of an earlier run ({', '.join(found[:3])}"
+            f"{', ...' if len(found) > 3 else ''}): a client releases nothing twice, so its "
+            f"clients would sit out; {again}")
+    if run.job.exists():
+        try:
+            same = job_json is not None and json.loads(run.job.read_text()) == json.loads(
+                job_json)
+        except (OSError, ValueError):
+            same = False
+        if not same:
+            what = "another job" if job_json is not None else "a fine-tuning job, not --dim"
+            raise RunFolderError(f"{run.job} holds {what} (an earlier run's): {again}")
 
 
 def create(run: RunFolder) -> RunFolder:

@@ -3,15 +3,19 @@
 The server runs as ``python -m secagg.fl_core.cli serve --progress`` and reports JSON lines on its
 stdout (listening endpoint, stage changes, round summaries); this process starts the clients
 once the server listens, renders progress with rich (round, stage, survivors, bytes,
-seconds), and waits for everyone with bounded timeouts. Without ``--insecure`` it writes key
-files into ``--keys`` first if that folder has none.
+seconds), and watches them all (:mod:`secagg.fl_core.cli.supervise`): a client that fails gets
+one line with its last error line (its stderr is kept in ``client-<i>.log``), too few clients
+left for a round stop the run at once (exit status 1), the processes are stopped together
+within seconds of the last round, and SIGINT/SIGTERM stop everything and leave the run
+resumable (exit status 130/143). Without ``--insecure`` it writes key files into ``--keys``
+first if that folder has none.
 
 Every run lives in a run folder (:mod:`secagg.fl_core.cli.run_folder`: a fresh
 ``.secagg/runs/<UTC time>/`` unless ``--run-dir``, ``--checkpoint`` or ``--resume RUN`` names one).
 Bad input (a missing or malformed data file, an unknown model, too few parties, a fresh run over
-an existing checkpoint or over the clients' books of an earlier run, a resume that changes the
-job) is refused here, in one line and exit status 2, before any process starts
-(:mod:`secagg.fl_core.finetune.preflight`).
+an existing checkpoint, the clients' books of an earlier run or another job's ``job.json``, a
+resume that changes the job) is refused here, in one line and exit status 2, before any process
+starts (:mod:`secagg.fl_core.finetune.preflight`).
 
 Without ``--dim`` it runs a fine-tuning job (:mod:`secagg.fl_core.finetune`): it writes the job file
 into the run folder, starts ``num_clients`` clients on it (each with a stats file and its own
@@ -29,6 +33,7 @@ import json
 import os
 import subprocess
 import sys
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
@@ -38,6 +43,7 @@ from rich.progress import (
     MofNCompleteColumn,
     Progress,
     SpinnerColumn,
+    TaskID,
     TextColumn,
     TimeElapsedColumn,
 )
@@ -45,6 +51,15 @@ from rich.table import Table
 
 from secagg.fl_core.cli import run_folder
 from secagg.fl_core.cli.run_folder import RunFolder
+from secagg.fl_core.cli.supervise import (
+    GOODBYE_GRACE_S,
+    ClientGroup,
+    ServerLines,
+    Stopped,
+    spawn,
+    stop,
+    stop_on_signals,
+)
 
 if TYPE_CHECKING:
     from secagg.fl_core.finetune.job import FinetuneJob
@@ -120,27 +135,6 @@ def _client_cmd(ns: argparse.Namespace, endpoint: str, cid: int) -> list[str]:
     return cmd
 
 
-_BOOKS = ("client-*.ledger.json", "client-*.chunks.json", "client-*.state")
-
-
-def _refuse_earlier_books(run: RunFolder) -> None:
-    """A fresh job run must not find the clients' books of an earlier run in its folder (a
-    fresh ``--checkpoint`` beside an old one): its clients would refuse every round id the
-    earlier run used, or another job's ledger.
-
-    Raises:
-        RunFolderError: the folder holds a client's ledger, chunk answers or state file.
-    """
-    folder = run.checkpoint.parent
-    found = sorted(p.name for pattern in _BOOKS for p in folder.glob(pattern))
-    if found:
-        raise run_folder.RunFolderError(
-            f"{folder} holds the clients' books of an earlier run ({', '.join(found[:3])}"
-            f"{', ...' if len(found) > 3 else ''}): a client releases nothing twice, so its "
-            f"clients would sit out; continue that run with --resume {run.run_id}, or start "
-            "fresh in another folder (a bare secagg run makes one)")
-
-
 def _client_env(ns: argparse.Namespace) -> dict[str, str]:
     """Clients on one host share its cores: one BLAS/torch pool each, sized to fit (unless the
     caller set OMP_NUM_THREADS); oversubscribed pools were measured to slow training down."""
@@ -162,50 +156,80 @@ def _describe(ev: dict[str, Any]) -> str:
     return text
 
 
-def _follow(server: subprocess.Popen[str], ns: argparse.Namespace, console: Console,
-            ) -> list[subprocess.Popen[bytes]]:
-    clients: list[subprocess.Popen[bytes]] = []
-    rows: list[dict[str, Any]] = []
+@dataclass
+class _View:
+    """What the runner shows while the server works."""
+
+    console: Console
+    bar: Progress
+    task: TaskID
+    rows: list[dict[str, Any]] = field(default_factory=list)
+
+
+def _show(ev: dict[str, Any], view: _View, ns: argparse.Namespace, group: ClientGroup) -> bool:
+    """Act on one progress event of the server; True when it is done.
+
+    Raises:
+        OSError: a client could not be started.
+    """
+    kind, bar, console = ev.get("event"), view.bar, view.console
+    if kind == "listening":
+        for cid in range(1, ns.population + 1):
+            group.start(cid, _client_cmd(ns, ev["endpoint"], cid), _client_env(ns))
+        bar.update(view.task, description=f"{ns.population} clients starting")
+    elif kind == "stage":
+        bar.update(view.task, description=f"round {ev['round']}: {ev['stage']}")
+    elif kind == "eval" and "stage" in ev:  # continual: every stage's hold-out set
+        console.print(f"after stage {ev['stage']!r} (round {ev['round_id']}"
+                      f"{'' if ev['complete'] else ', cut short'}): accuracy per stage "
+                      f"{ev['accuracy_per_stage']}")
+    elif kind == "eval":
+        metric = "accuracy" if "accuracy" in ev else "perplexity"
+        console.print(f"evaluation after {ev['step']} rounds: {metric} "
+                      f"{ev.get(metric)}, loss {ev['loss']} ({ev['examples']} held out)")
+    elif kind == "stopped":
+        console.print(f"[yellow]stopped: {ev['reason']}[/yellow]")
+    elif kind == "summary":
+        view.rows.append(ev)
+        console.print(_describe(ev))
+        bar.update(view.task, advance=1 if ev["ok"] else 0,
+                   description=f"round {ev['round']} done" + (
+                       f", epsilon {ev['epsilon']:.2f}" if "epsilon" in ev else ""))
+    return kind == "done"
+
+
+def _follow(server: subprocess.Popen[str], group: ClientGroup, ns: argparse.Namespace,
+            console: Console) -> str | None:
+    """Show the server's progress until it is done or gone, watching the clients between its
+    lines; return None, or why the run must stop now (too few clients left for a round).
+
+    Raises:
+        OSError: a client could not be started.
+    """
     out: IO[str] | None = server.stdout
     assert out is not None
+    lines = ServerLines(out)
     columns = (SpinnerColumn(), TextColumn("{task.description}"), BarColumn(),
                MofNCompleteColumn(), TimeElapsedColumn())
+    cause = None
     with Progress(*columns, console=console, transient=False) as bar:
-        task = bar.add_task("starting the server (loading model and data)", total=ns.rounds)
-        for line in out:
+        view = _View(console, bar, bar.add_task("starting the server (loading model and data)",
+                                                total=ns.rounds))
+        while (line := lines.get(timeout=0.5)) is not None:
             try:
-                ev = json.loads(line)
+                ev = json.loads(line) if line else {}
             except ValueError:
-                continue
-            kind = ev.get("event")
-            if kind == "listening":
-                endpoint = ev["endpoint"]
-                clients = [subprocess.Popen(_client_cmd(ns, endpoint, cid), env=_client_env(ns))
-                           for cid in range(1, ns.population + 1)]
-                bar.update(task, description=f"{ns.population} clients starting")
-            elif kind == "stage":
-                bar.update(task, description=f"round {ev['round']}: {ev['stage']}")
-            elif kind == "eval" and "stage" in ev:  # continual: every stage's hold-out set
-                console.print(f"after stage {ev['stage']!r} (round {ev['round_id']}"
-                              f"{'' if ev['complete'] else ', cut short'}): accuracy per stage "
-                              f"{ev['accuracy_per_stage']}")
-            elif kind == "eval":
-                metric = "accuracy" if "accuracy" in ev else "perplexity"
-                console.print(f"evaluation after {ev['step']} rounds: {metric} "
-                              f"{ev.get(metric)}, loss {ev['loss']} ({ev['examples']} held out)")
-            elif kind == "stopped":
-                console.print(f"[yellow]stopped: {ev['reason']}[/yellow]")
-            elif kind == "summary":
-                rows.append(ev)
-                console.print(_describe(ev))
-                bar.update(task, advance=1 if ev["ok"] else 0,
-                           description=f"round {ev['round']} done" + (
-                               f", epsilon {ev['epsilon']:.2f}" if "epsilon" in ev else ""))
-            elif kind == "done":
+                ev = {}
+            if isinstance(ev, dict) and _show(ev, view, ns, group):
                 break
-    if rows:
-        console.print(_table(rows))
-    return clients
+            dead, cause = group.check()
+            for text in dead:
+                console.print(text, markup=False, highlight=False, soft_wrap=True)
+            if cause is not None:
+                break
+    if view.rows:
+        console.print(_table(view.rows))
+    return cause
 
 
 def _job_for(ns: argparse.Namespace, run: RunFolder) -> FinetuneJob:
@@ -266,9 +290,9 @@ def _start(ns: argparse.Namespace) -> str:
     job = _job_for(ns, run) if ns.dim is None else None
     where = run_folder.check_checkpoint(run, job_digest=job.digest if job else None,
                                         dim=ns.dim)
-    if job is not None and not run.resume:
-        _refuse_earlier_books(run)
+    run_folder.check_fresh(run, job_json=job.to_json() if job else None)
     run = run_folder.create(run)
+    ns.run_id = run.run_id
     run_folder.apply(run, ns)
     if job is not None:
         _prepare_job(ns, run, job)
@@ -276,12 +300,14 @@ def _start(ns: argparse.Namespace) -> str:
     return where or f"run folder {run.path} (continue it with: secagg run --resume {run.run_id})"
 
 
-def run_main(ns: argparse.Namespace) -> int:
-    """``secagg run``; return the exit status (the server's; 2: bad input, nothing started)."""
+def _run(ns: argparse.Namespace, console: Console) -> int:
+    """Start the server and its clients, follow them, stop them all; return the exit status.
+
+    Raises:
+        Stopped: a signal (everything started has been stopped).
+    """
     from secagg.fl_core.finetune.job import JobError
 
-    console = Console(stderr=True)
-    ns.population = ns.n
     try:
         where = _start(ns)
     except (JobError, run_folder.RunFolderError) as exc:
@@ -296,23 +322,52 @@ def run_main(ns: argparse.Namespace) -> int:
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             ns.port = s.getsockname()[1]
-    server = subprocess.Popen(_server_cmd(ns), stdout=subprocess.PIPE, text=True)
-    clients: list[subprocess.Popen[bytes]] = []
+    group = ClientGroup(Path(ns.checkpoint).parent,
+                        floor=getattr(ns, "min_clients", None) or ns.n)
+    server: subprocess.Popen[str] = spawn(_server_cmd(ns), stdout=subprocess.PIPE, text=True)
+    code = 1
     try:
-        clients = _follow(server, ns, console)
-        code = server.wait(timeout=120)
+        cause = _follow(server, group, ns, console)
+        if cause is None:
+            code = server.wait(timeout=60)
+        else:
+            print(f"secagg run: stopped: {cause}; {_resume_hint(ns)}", file=sys.stderr)
+    except subprocess.TimeoutExpired:
+        print("secagg run: the server did not exit within 60 s of its last round",
+              file=sys.stderr)
     finally:
-        # clients of a server that died can only idle out: do not wait for that
-        grace = 15.0 if server.poll() == 0 else 1.0
-        procs: list[subprocess.Popen[Any]] = [server, *clients]
-        for p in procs:
-            try:
-                p.wait(timeout=grace if p is not server else 0.1)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait(timeout=5)
+        # clients told goodbye exit at once; the rest (and all of them when the server failed
+        # or the run stops) get SIGTERM, then SIGKILL: seconds in all, not 15 s each
+        procs: list[subprocess.Popen[Any]] = [server, *group.procs]
+        try:
+            stop(procs, grace=GOODBYE_GRACE_S if server.poll() == 0 else 0.0)
+        except Stopped:  # a signal while waiting: stop at once (a second one is ignored)
+            stop(procs, grace=0.0)
+            raise
+        finally:
+            group.close()
     if ns.dim is None:
         from secagg.fl_core.finetune.report import finish_run
 
         finish_run(ns, console, [_stats_path(ns, c) for c in range(1, ns.population + 1)])
     return code
+
+
+def _resume_hint(ns: argparse.Namespace) -> str:
+    run_id = getattr(ns, "run_id", None)
+    return (f"the run folder is kept (secagg run --resume {run_id} continues it)"
+            if run_id else "nothing was started")
+
+
+def run_main(ns: argparse.Namespace) -> int:
+    """``secagg run``; return the exit status (the server's; 1: the run stopped early, too
+    few clients left; 2: bad input, nothing started; 128 + N: signal N stopped it)."""
+    console = Console(stderr=True)
+    ns.population = ns.n
+    with stop_on_signals():
+        try:
+            return _run(ns, console)
+        except Stopped as exc:
+            print(f"secagg run: stopped by {exc}: server and clients stopped; "
+                  f"{_resume_hint(ns)}", file=sys.stderr)
+            return exc.exit_status

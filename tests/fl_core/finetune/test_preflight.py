@@ -93,6 +93,19 @@ def test_a_fresh_run_refuses_an_existing_checkpoint(tmp_path: Path) -> None:
     assert "--resume old" in line
 
 
+def test_a_fresh_run_refuses_another_jobs_file(tmp_path: Path) -> None:
+    # two runs given one folder (issue 22): the second would overwrite the first's job.json
+    old = tmp_path / "old"
+    old.mkdir()
+    FinetuneJob(data="trec", num_clients=3, rounds=4).save(old / "job.json")
+    line = refused(tmp_path, "--checkpoint", "old/c2", "--dim", "8", "--n", "3")
+    assert "old/job.json holds a fine-tuning job, not --dim (an earlier run's): continue " \
+        "that run with --resume old" in line
+    line = refused(tmp_path, "--checkpoint", "old/c2")  # the default job is another job
+    assert "old/job.json holds another job (an earlier run's)" in line
+    assert sorted(p.name for p in old.iterdir()) == ["job.json"]  # nothing written
+
+
 def _fake_run(cwd: Path, run_id: str, job: FinetuneJob, *, digest: str | None = None) -> Path:
     folder = cwd / RUNS_ROOT / run_id
     folder.mkdir(parents=True)
@@ -135,7 +148,8 @@ def test_consecutive_runs_start_fresh_and_resume_continues(tmp_path: Path) -> No
         assert "run folder .secagg/runs/" in proc.stderr
     first, second = _runs(tmp_path)
     assert {p.name for p in first.iterdir()} == {"checkpoint", "keys", "run.json",
-                                                 "run_summary.json"}
+                                                 "run_summary.json", "client-1.log",
+                                                 "client-2.log", "client-3.log"}
     assert resume(first / "checkpoint").step == resume(second / "checkpoint").step == 1
     assert not (tmp_path / "secagg.ckpt").exists() and not (tmp_path / "keys").exists()
     # the resume takes dim, cohort and protocol from the run folder; --rounds is a total
