@@ -81,16 +81,17 @@ def _one_run(workers: int, *, n: int, dim: int, rounds: int, folder: Path,
     }
 
 
-def _nice_clients(group: int, seen: set[int], nice: int) -> None:
-    """Lower to ``nice`` every thread of the ``secagg client`` processes of process group
-    ``group`` (processes this script started) not yet in ``seen``."""
+def _nice_clients(runner: int, seen: set[int], nice: int) -> None:
+    """Lower to ``nice`` every thread of the ``secagg client`` processes that ``secagg run``
+    (pid ``runner``, started by this script) started, not yet in ``seen``. They are its
+    children, each in a session of its own (``secagg.fl_core.cli.supervise.spawn``)."""
     for entry in os.listdir("/proc"):
         if not entry.isdigit() or int(entry) in seen:
             continue
         try:
             stat = Path(f"/proc/{entry}/stat").read_text()
             cmd = Path(f"/proc/{entry}/cmdline").read_bytes().split(b"\0")
-            if int(stat.rsplit(")", 1)[1].split()[2]) != group or b"client" not in cmd:
+            if int(stat.rsplit(")", 1)[1].split()[1]) != runner or b"client" not in cmd:
                 continue
             for tid in os.listdir(f"/proc/{entry}/task"):
                 os.setpriority(os.PRIO_PROCESS, int(tid), nice)
@@ -127,9 +128,9 @@ def _wait_for_rounds(proc: subprocess.Popen[bytes], summary: Path, rounds: int,
 
 
 def _end(proc: subprocess.Popen[bytes]) -> None:
-    """Stop the run's process group (server, its workers, clients): the figures are in, and
-    clients that missed the server's goodbye would otherwise idle until ``secagg run`` kills
-    them one by one."""
+    """Stop the run (SIGTERM: ``secagg run`` stops its server, the server's workers and the
+    clients, then exits): the figures are in, and clients that missed the server's goodbye
+    would otherwise idle for the runner's grace period."""
     for sig, wait in ((signal.SIGTERM, 5.0), (signal.SIGKILL, 5.0)):
         if proc.poll() is not None:
             break
@@ -141,7 +142,7 @@ def _end(proc: subprocess.Popen[bytes]) -> None:
             proc.wait(timeout=wait)
         except subprocess.TimeoutExpired:
             continue
-    try:  # children may outlive the runner: the group goes either way
+    try:  # the runner's own group (its children, in sessions of their own, it has stopped)
         os.killpg(proc.pid, signal.SIGKILL)
     except ProcessLookupError:
         pass
