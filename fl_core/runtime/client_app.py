@@ -47,10 +47,9 @@ import logging
 import os
 import signal
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import numpy.typing as npt
@@ -65,6 +64,7 @@ from secagg.fl_core.runtime.policy import (
     policy_digest,
 )
 from secagg.fl_core.runtime.round_start import AnsweredStart, start_digest
+from secagg.fl_core.runtime.round_state import load_round, save_round_id
 from secagg.fl_core.runtime.rounds import (
     CONTROL,
     RoundStart,
@@ -72,6 +72,7 @@ from secagg.fl_core.runtime.rounds import (
     parse_control,
     synthetic_update,
 )
+from secagg.fl_core.runtime.updates import RoundAwareUpdate, StepAwareUpdate, UpdateFn
 from secagg.fl_core.transport.sockets import ClientTransport
 from secagg.protocols.client import SecAggClient
 from secagg.protocols.config import SecAggConfig
@@ -92,45 +93,6 @@ __all__ = ["ClientSettings", "RoundAwareUpdate", "StepAwareUpdate", "UpdateFn", 
            "save_round_id"]
 
 log = logging.getLogger("secagg.fl_core.client")
-
-UpdateFn = Callable[[int, npt.NDArray[np.float64]], npt.NDArray[np.float64]]
-
-
-@runtime_checkable
-class RoundAwareUpdate(Protocol):
-    """An update that adds exact distributed noise: it needs the round's size and threshold
-    (from the client's own policy) and returns the seeds of its removable noise, which the
-    SecAgg client releases once the survivors are known (:mod:`secagg.fl_core.dp.exact`)."""
-
-    def __call__(self, round_id: int, state: npt.NDArray[np.float64]
-                 ) -> npt.NDArray[np.float64]:
-        """The contribution without a round context (threshold design)."""
-        ...
-
-    def for_round(self, round_id: int, state: npt.NDArray[np.float64], *, n: int, t: int
-                  ) -> tuple[npt.NDArray[np.float64], dict[int, bytes] | None]:
-        """The contribution to a round of ``n`` clients with threshold ``t``, and its
-        removable noise seeds (None: none)."""
-        ...
-
-
-@runtime_checkable
-class StepAwareUpdate(Protocol):
-    """An update that needs the round start's ``step`` (the count of applied rounds), e.g. the
-    chunked full-weight pretrain job, where step ``j`` asks for chunk ``j mod K`` of training
-    round ``j // K`` (:mod:`secagg.fl_core.finetune.chunked`). Refusing (a ``ValueError``)
-    makes the client sit the round out."""
-
-    def __call__(self, round_id: int, state: npt.NDArray[np.float64]
-                 ) -> npt.NDArray[np.float64]:
-        """The contribution without a step (refused by step-aware tasks)."""
-        ...
-
-    def for_step(self, round_id: int, step: int, state: npt.NDArray[np.float64]
-                 ) -> npt.NDArray[np.float64]:
-        """The contribution to round ``round_id`` at ``step`` from the broadcast ``state``."""
-        ...
-
 
 @dataclass
 class ClientSettings:
@@ -419,7 +381,7 @@ def run_client(transport: ClientTransport, *, keys: ClientKeys | None = None,
         log.warning("client %d runs with insecure=True, without a pinned policy: the server "
                     "chooses protocol, mode and parameters", cid)
     if settings.state_file is not None and settings.state_file.exists():
-        session.last_round, seen_at = _load_round(settings.state_file)
+        session.last_round, seen_at = load_round(settings.state_file)
         session.clock.advance(session.last_round, seen_at)
     last_heard = time.monotonic()
     next_hello = 0.0
@@ -443,32 +405,6 @@ def run_client(transport: ClientTransport, *, keys: ClientKeys | None = None,
         else:
             session.on_protocol(env.round_id, env.stage, got.payload)
     return session.rounds_done
-
-
-def save_round_id(path: Path, round_id: int) -> None:
-    """Write ``round_id`` to a client's state file atomically (temp file, fsync, rename; mode
-    0600): the last round it started, so a restart never starts an earlier one again.
-
-    Raises:
-        OSError: the file cannot be written.
-    """
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(f"{round_id}\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def _load_round(path: Path) -> tuple[int, float]:
-    """The last round id and when it was seen (the file's modification time: it is written
-    at each round start)."""
-    try:
-        return max(0, int(path.read_text().strip())), path.stat().st_mtime
-    except (ValueError, OSError):
-        log.warning("ignoring unreadable client state file %s", path)
-        return 0, 0.0
 
 
 def _unpinned_epoch(head: dict[str, Any]) -> EpochContext:

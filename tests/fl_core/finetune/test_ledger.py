@@ -147,7 +147,7 @@ class _Federation:
         s = client_app._Session(wire, self.keys[1], task,  # type: ignore[arg-type]
                                 ClientSettings(state_file=state_file), self.policy)
         if state_file is not None and state_file.exists():  # as run_client does at start
-            s.last_round, seen = client_app._load_round(state_file)
+            s.last_round, seen = client_app.load_round(state_file)
             s.clock.advance(s.last_round, seen)
         return s, wire
 

@@ -1,0 +1,53 @@
+"""What a client computes for a round: the update callables the client session drives.
+
+A plain :data:`UpdateFn` maps ``(round_id, broadcast state)`` to the contribution; richer
+tasks implement one of the protocols below, which the session detects with ``isinstance``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+import numpy.typing as npt
+
+__all__ = ["RoundAwareUpdate", "StepAwareUpdate", "UpdateFn"]
+
+UpdateFn = Callable[[int, npt.NDArray[np.float64]], npt.NDArray[np.float64]]
+
+
+@runtime_checkable
+class RoundAwareUpdate(Protocol):
+    """An update that adds exact distributed noise: it needs the round's size and threshold
+    (from the client's own policy) and returns the seeds of its removable noise, which the
+    SecAgg client releases once the survivors are known (:mod:`secagg.fl_core.dp.exact`)."""
+
+    def __call__(self, round_id: int, state: npt.NDArray[np.float64]
+                 ) -> npt.NDArray[np.float64]:
+        """The contribution without a round context (threshold design)."""
+        ...
+
+    def for_round(self, round_id: int, state: npt.NDArray[np.float64], *, n: int, t: int
+                  ) -> tuple[npt.NDArray[np.float64], dict[int, bytes] | None]:
+        """The contribution to a round of ``n`` clients with threshold ``t``, and its
+        removable noise seeds (None: none)."""
+        ...
+
+
+@runtime_checkable
+class StepAwareUpdate(Protocol):
+    """An update that needs the round start's ``step`` (the count of applied rounds), e.g. the
+    chunked full-weight pretrain job, where step ``j`` asks for chunk ``j mod K`` of training
+    round ``j // K`` (:mod:`secagg.fl_core.finetune.chunked`). Refusing (a ``ValueError``)
+    makes the client sit the round out."""
+
+    def __call__(self, round_id: int, state: npt.NDArray[np.float64]
+                 ) -> npt.NDArray[np.float64]:
+        """The contribution without a step (refused by step-aware tasks)."""
+        ...
+
+    def for_step(self, round_id: int, step: int, state: npt.NDArray[np.float64]
+                 ) -> npt.NDArray[np.float64]:
+        """The contribution to round ``round_id`` at ``step`` from the broadcast ``state``."""
+        ...
