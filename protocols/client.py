@@ -51,16 +51,12 @@ from secagg.errors import InvalidCiphertext, InvalidKeyError, InvalidSignature
 from secagg.packing import pack
 from secagg.prg import SEED_BYTES, MaskPRG, add_masks_into
 from secagg.protocols import labels
+from secagg.protocols.client_secrets import ClientSecrets
 from secagg.protocols.context import RoundContext
-from secagg.protocols.encoding import FloatVector, check_input, encode_input
+from secagg.protocols.encoding import check_input, encode_input
 from secagg.protocols.errors import LocalProtocolError, RemoteProtocolError, ThresholdError
-from secagg.protocols.graph import (
-    NONCE_BYTES,
-    NeighbourGraph,
-    commitment,
-    graph_seed,
-    round_graph,
-)
+from secagg.protocols.graph import NeighbourGraph, round_graph
+from secagg.protocols.graph_nonce import GraphNonce
 from secagg.protocols.messages import (
     NOISE_SEED_BYTES,
     AdvertiseKeys,
@@ -69,7 +65,6 @@ from secagg.protocols.messages import (
     ConsistencySignature,
     MaskedInput,
     Message,
-    Reveal,
     Roster,
     ShareKeys,
     SharesRelay,
@@ -77,60 +72,11 @@ from secagg.protocols.messages import (
     UnmaskResponse,
 )
 from secagg.protocols.participant import ClientBase
+from secagg.protocols.release import release_quorum, removable_levels
 from secagg.protocols.transitions import ClientStage, client_table_for
 from secagg.sign import SigningKey
 
 __all__ = ["SecAggClient", "release_quorum", "removable_levels"]
-
-
-def removable_levels(n: int, t: int) -> tuple[int, ...]:
-    """The removable noise components of a cohort of ``n`` with threshold ``t``: ``1..n-t``."""
-    return tuple(range(1, n - t + 1))
-
-
-def release_quorum(n: int, t: int, corrupt: int) -> int:
-    """Signatures on one survivor set, over the cohort, before a client releases noise.
-
-    With ``q = max(n + c - t + 1, floor((n + c) / 2) + 1)`` signers, at most ``c`` of them
-    corrupt: two different sets cannot both reach ``q`` (they would share an honest signer),
-    and no other set can reach even ``t`` signatures anywhere (``q - c`` honest signers of
-    this set plus ``t - c`` of the other exceed the ``n - c`` honest clients), so every share
-    any honest client reveals is revealed under this one set, and the sum is over exactly it.
-    """
-    return max(n + corrupt - t + 1, (n + corrupt) // 2 + 1)
-
-
-class _Secrets:
-    """Everything secret a client holds; :meth:`wipe` drops it (best effort in Python)."""
-
-    __slots__ = ("c_key", "held", "input", "mask_seeds", "nonce", "own", "removable", "s_key",
-                 "seed", "share_keys")
-
-    def __init__(self) -> None:
-        self.c_key: kex.KeyPair | None = None
-        self.s_key: kex.KeyPair | None = None
-        self.seed = bytearray()
-        self.nonce = b""  # the graph nonce: secret only until it is revealed
-        self.input: tuple[FloatVector, float] | None = None
-        # Raw 32-byte keys, not Aead objects: an AES-GCM context holds about 2.3 kB of
-        # OpenSSL state, k of them per client from share time to relay time.
-        self.share_keys: dict[int, bytes] = {}
-        self.mask_seeds: dict[int, bytes] = {}
-        self.own: tuple[bytes, bytes] = (b"", b"")
-        self.held: dict[int, tuple[bytes, bytes]] = {}
-        self.removable: dict[int, bytes] = {}
-
-    def wipe(self) -> None:
-        self.seed[:] = bytes(len(self.seed))
-        self.seed = bytearray()
-        self.c_key = self.s_key = None
-        self.nonce = b""
-        self.input = None
-        self.share_keys.clear()
-        self.mask_seeds.clear()
-        self.held.clear()
-        self.removable.clear()
-        self.own = (b"", b"")
 
 
 class SecAggClient(ClientBase[RoundContext]):
@@ -156,8 +102,8 @@ class SecAggClient(ClientBase[RoundContext]):
         ):
             raise LocalProtocolError("active mode needs the client's registered signing key")
         self._identity = identity if cfg.active else None
-        self._s = _Secrets()
-        self._commitments: dict[int, bytes] = {}
+        self._s = ClientSecrets()
+        self._nonce: GraphNonce | None = None  # drawn at start, with the other secrets
         self._seed = b""
         self._graph: NeighbourGraph | None = None
         self._neighbours: frozenset[int] = frozenset()
@@ -206,6 +152,8 @@ class SecAggClient(ClientBase[RoundContext]):
 
     def _wipe(self) -> None:
         self._s.wipe()
+        if self._nonce is not None:
+            self._nonce.wipe()
 
     def _dispatch(self, msg: Message) -> list[Message]:
         self._check_round(msg)
@@ -226,10 +174,9 @@ class SecAggClient(ClientBase[RoundContext]):
         s.input = check_input(self._ctx, x, weight)
         s.c_key, s.s_key = kex.KeyPair.generate(), kex.KeyPair.generate()
         s.seed = bytearray(rng.random_bytes(SEED_BYTES))
-        s.nonce = rng.random_bytes(NONCE_BYTES)
         c_pk, s_pk = s.c_key.public_bytes(), s.s_key.public_bytes()
-        com = commitment(self._ctx, self._id, s.nonce)
-        self._commitments = {self._id: com}
+        self._nonce = GraphNonce(self._ctx, self._id)
+        com = self._nonce.commitment
         sig = b""
         if self._identity is not None:
             sig = self._identity.sign(labels.advert_payload(self._ctx, self._id, c_pk, s_pk,
@@ -237,40 +184,14 @@ class SecAggClient(ClientBase[RoundContext]):
         return [AdvertiseKeys(self._ctx.round_id, self._id, c_pk, s_pk, com, sig)]
 
     def _on_commitments(self, msg: Commitments) -> list[Message]:
-        """Keep the commitment list (it fixes whose nonces make the seed) and reveal.
-
-        Raises:
-            RemoteProtocolError: the list omits or alters this client's commitment, or names
-                a non-client.
-            ThresholdError: fewer than ``t`` committers.
-        """
-        ctx, me = self._ctx, self._id
-        coms = dict(msg.commitments)
-        if coms.get(me) != self._commitments[me]:
-            raise RemoteProtocolError("commitment list omits or alters my commitment")
-        if not all(ctx.is_client(u) for u in coms):
-            raise RemoteProtocolError("commitment list names non-clients")
-        if len(coms) < ctx.config.threshold:
-            raise ThresholdError(f"only {len(coms)} clients committed")
-        self._commitments = coms
-        return [Reveal(ctx.round_id, me, self._s.nonce)]
+        assert self._nonce is not None  # the table allows this only after start
+        return [self._nonce.reveal(msg)]
 
     def _derive_graph(self, msg: Roster) -> None:
-        """Check every committer's nonce against its commitment, then fix seed and graph.
-
-        Raises:
-            RemoteProtocolError: a committer's nonce is missing, extra, or does not open its
-                commitment (``party`` names it).
-        """
+        """Fix seed and graph from the reveals (:meth:`GraphNonce.seed` checks them all)."""
         ctx = self._ctx
-        reveals = dict(msg.reveals)
-        if reveals.keys() != self._commitments.keys():
-            raise RemoteProtocolError("reveals do not match the commitment list exactly")
-        for u, nonce in reveals.items():
-            if commitment(ctx, u, nonce) != self._commitments[u]:
-                raise RemoteProtocolError("revealed nonce does not open its commitment",
-                                          party=u)
-        self._seed = graph_seed(ctx, msg.reveals)
+        assert self._nonce is not None
+        self._seed = self._nonce.seed(msg.reveals)
         self._graph = round_graph(ctx, self._seed)
         self._neighbours = self._graph.neighbours(self._id)
 
@@ -287,7 +208,8 @@ class SecAggClient(ClientBase[RoundContext]):
             raise RemoteProtocolError("roster names non-neighbours, or omits me")
         if len(entries) < ctx.config.threshold:
             raise ThresholdError(f"only {len(entries) - 1} neighbours advertised")
-        assert s.c_key is not None and s.s_key is not None
+        assert s.c_key is not None and s.s_key is not None and self._nonce is not None
+        nonce = self._nonce
         mine = entries[me]
         if (mine.c_public, mine.s_public) != (s.c_key.public_bytes(), s.s_key.public_bytes()):
             raise RemoteProtocolError("roster altered my public keys")
@@ -298,9 +220,9 @@ class SecAggClient(ClientBase[RoundContext]):
             for e in msg.entries:
                 try:
                     ctx.verify_key(e.client_id).verify(
-                        e.signature, labels.advert_payload(ctx, e.client_id, e.c_public,
-                                                           e.s_public,
-                                                           self._commitments[e.client_id]))
+                        e.signature, labels.advert_payload(
+                            ctx, e.client_id, e.c_public, e.s_public,
+                            nonce.commitment_of(e.client_id)))
                 except InvalidSignature:
                     raise RemoteProtocolError("bad key signature", party=e.client_id) from None
         return {v: (e.c_public, e.s_public) for v, e in entries.items() if v != me}

@@ -33,7 +33,7 @@ import pytest
 from secagg import kex, shamir
 from secagg.prg import MaskPRG, add_masks_into
 from secagg.protocols import RemoteProtocolError, RoundContext, SecAggConfig
-from secagg.protocols import client as client_module
+from secagg.protocols import graph_nonce as client_module
 from secagg.protocols import server as server_module
 from secagg.protocols.client import SecAggClient
 from secagg.protocols.encoding import check_input, encode_input
