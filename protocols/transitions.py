@@ -22,6 +22,7 @@ from secagg.protocols.config import ProtocolKind, SecAggConfig
 from secagg.protocols.messages import MsgType
 
 __all__ = [
+    "INPUT_PENDING",
     "START",
     "ClientStage",
     "ClientTable",
@@ -65,6 +66,15 @@ class ServerStage(Enum):
     DONE = "done"
     ABORTED = "aborted"
 
+
+INPUT_PENDING: frozenset[ClientStage] = frozenset({
+    ClientStage.NEW, ClientStage.AWAIT_COMMITMENTS, ClientStage.AWAIT_ROSTER,
+    ClientStage.AWAIT_SHARES})
+"""Client stages in which the client has not sent its input (its masked, encrypted or plain
+contribution) in any protocol: every table sends it on leaving one of these stages (plain and
+``ckks`` at ``START``; SecAgg(+) and ``ckks+mask`` on the shares relay). A round that ends
+while its client is still in one released nothing of that client's data (the messages before
+the input, keys, commitments and shares of fresh secrets, do not depend on it)."""
 
 START = "start"
 """The client's local event that begins a round (``client.start(x)``)."""

@@ -144,6 +144,20 @@ class PrivacyAccountant:
             raise ValueError(f"n must be >= 0, got {n}")
         self._steps += n
 
+    def unstep(self, n: int = 1) -> None:
+        """Take back ``n`` recorded steps whose mechanism never ran (a round that aborted
+        before any input was asked for).
+
+        Raises:
+            TypeError: ``n`` is not an int.
+            ValueError: ``n`` is negative or more than the steps recorded.
+        """
+        if isinstance(n, bool) or not isinstance(n, int):
+            raise TypeError(f"n must be int, got {type(n).__name__}")
+        if not 0 <= n <= self._steps:
+            raise ValueError(f"n must be in [0, {self._steps}], got {n}")
+        self._steps -= n
+
     @property
     def steps(self) -> int:
         """Steps recorded so far."""

@@ -67,6 +67,7 @@ class FinetuneClientTask:
         self.unit_cfg = replace(cfg, clip=1.0) if cfg is not None else None
         self._cohort: tuple[int, int] | None = None
         self._seeds: dict[int, bytes] | None = None
+        self._charged_here: int | None = None
 
     def __call__(self, round_id: int, state: Vector) -> Vector:
         """This party's contribution to round ``round_id`` starting from ``state``
@@ -95,9 +96,28 @@ class FinetuneClientTask:
                              f"not n={n}, t={t}")
         return self._run(round_id, state, (n, t))
 
+    def void(self, round_id: int) -> bool:
+        """Un-charge round ``round_id``, which ended before this party's input left it (the
+        client session decides: :class:`secagg.fl_core.runtime.updates.VoidableUpdate`).
+        Sound here because a contribution is computed from the broadcast state alone and
+        leaves nothing data-dependent behind. True when a charge was removed.
+
+        Raises:
+            OSError: the ledger file cannot be written (the round stays charged).
+        """
+        if self._charged_here != round_id:  # charged by another call or process: keep it
+            return False
+        self._charged_here = None
+        voided = self.ledger.void(round_id)
+        if voided:
+            self._record({"round": round_id, "client": self.client_id, "voided": True})
+        return voided
+
     def _run(self, round_id: int, state: Vector, cohort: tuple[int, int] | None
              ) -> tuple[Vector, dict[int, bytes] | None]:
+        self._charged_here = None
         self.ledger.charge(round_id)  # before any noised value exists (BudgetExhausted)
+        self._charged_here = round_id  # the one charge :meth:`void` may take back
         start = time.perf_counter()
         self.model.set_vector(state)
         self._cohort, self._seeds = cohort, None

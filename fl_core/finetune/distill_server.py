@@ -49,6 +49,7 @@ class DistillServerTask(FinetuneServerTask):
                  *, cohort: int, on_eval: Callable[[dict[str, Any]], None] | None = None,
                  ) -> None:
         super().__init__(job, model, data, dp, cohort=cohort, on_eval=on_eval)
+        self.voidable = False  # each party's private local steps persist in its model
         self.transfer_texts = data.transfer_texts
         self.k = int(model.num_labels or 0)
         self.round_dim = len(self.transfer_texts) * self.k

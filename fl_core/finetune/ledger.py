@@ -17,6 +17,12 @@ and refuses:
   cohorts' sums is one party's update) while the book said one;
 - a round past the job's rounds or ``epsilon_budget`` (:class:`BudgetExhausted`; DP jobs).
 
+A charge is voided (:meth:`PrivacyLedger.void`) only when the party itself saw the round end
+before its input left it (an abort, a newer round or a protocol error while it was still in
+:data:`secagg.protocols.transitions.INPUT_PENDING`): nothing of its data was released, whatever
+the server says. Voided ids stay used. Distillation's task never voids (its private local step
+persists in the model that later rounds release).
+
 A chunked full-weight job (no DP) keeps :class:`ChunkAnswers` instead: the highest step it has
 answered, persisted before the chunk is returned (:mod:`secagg.fl_core.finetune.chunked`).
 
@@ -99,10 +105,13 @@ class PrivacyLedger:
             LedgerError: ``path`` exists but is unreadable or of another job or party."""
         self.job, self.dp, self.client_id, self.path = job, dp, client_id, path
         self.rounds: list[int] = []
+        #: rounds charged, then voided: they released nothing (their ids stay used)
+        self.voided: list[int] = []
         if path is not None and path.exists():
             doc = _read_bound(path, job, client_id, "privacy ledger")
             try:
                 self.rounds = [int(r) for r in doc["rounds"]]
+                self.voided = [int(r) for r in doc.get("voided", [])]
             except (KeyError, TypeError, ValueError) as exc:
                 raise LedgerError(f"cannot read the privacy ledger {path}: {exc!r}") from None
         elif path is None:
@@ -126,14 +135,47 @@ class PrivacyLedger:
                 ``epsilon_budget``.
             OSError: the ledger file cannot be written (nothing is released then).
         """
-        if self.rounds and round_id <= max(self.rounds):
+        seen = max([*self.rounds, *self.voided], default=0)
+        if round_id <= seen:
             raise RoundReplayed(f"client {self.client_id}: round {round_id} refused: already "
-                                f"released into round {max(self.rounds)} (a replayed round id)")
+                                f"charged round {seen} (a replayed round id)")
         if self.dp.config is not None:
             self._check_budget(round_id)
         self.rounds.append(round_id)
+        self._save()
+
+    def void(self, round_id: int) -> bool:
+        """Un-charge round ``round_id``: the caller saw the round end before this party's
+        input left it (the client was still in
+        :data:`secagg.protocols.transitions.INPUT_PENDING`), so nothing of its data was
+        released and the noise drawn for it was never seen. Only the latest charge can be
+        voided (a task whose rounds leave state behind, such as distillation's private local
+        model, has no ``void``); the id stays used, so the replay rule still refuses it.
+        Returns True when a charge was removed (persisted before returning).
+
+        Raises:
+            OSError: the ledger file cannot be written (the round stays charged).
+        """
+        if not self.rounds or self.rounds[-1] != round_id:
+            return False
+        self.voided.append(round_id)
+        self.rounds.pop()
+        try:
+            self._save()
+        except OSError:
+            self.rounds.append(round_id)
+            self.voided.pop()
+            raise
+        log.info("client %d: round %d released nothing: not charged (epsilon %.3f)",
+                 self.client_id, round_id, self.epsilon)
+        return True
+
+    def _save(self) -> None:
         if self.path is not None:
-            _write_bound(self.path, self.job, self.client_id, {"rounds": self.rounds})
+            body: dict[str, Any] = {"rounds": self.rounds}
+            if self.voided:
+                body["voided"] = self.voided
+            _write_bound(self.path, self.job, self.client_id, body)
 
     def _check_budget(self, round_id: int) -> None:
         if len(self.rounds) >= self.job.rounds:

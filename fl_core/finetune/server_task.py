@@ -16,9 +16,12 @@ accountant when the round is reserved, and the server writes that state with the
 (:func:`secagg.fl_core.runtime.server_app.serve`) before any round-start message goes out. The
 server
 process sees the unmasked sum inside the round, so a crash (or a malicious server) after the
-sum but before the checkpoint must still find the round charged. Conservative: a reserved round
-counts even if it aborts. The job's ``(epsilon, delta)`` is for ``rounds`` charged rounds, so the
-task stops once those are spent (or earlier, at ``epsilon_budget``).
+sum but before the checkpoint must still find the round charged. A reserved round counts even
+if it aborts, unless it aborted before the server asked for any input (no shares relay sent;
+:attr:`secagg.fl_core.runtime.driver.RoundOutcome.released`): then no input left any party and
+:meth:`FinetuneServerTask.void_round` takes the charge back (not for distillation). A crash
+in between leaves it charged. The job's ``(epsilon, delta)`` is for ``rounds`` charged rounds,
+so the task stops once those are spent (or earlier, at ``epsilon_budget``).
 """
 
 from __future__ import annotations
@@ -112,6 +115,22 @@ class FinetuneServerTask:
         if self.accountant is not None and round_id not in self._charged:
             self.accountant.step(self.dp.steps_per_round)
         self._charged.add(round_id)
+
+    voidable = True
+    """A round that released nothing may be un-charged: clients compute each contribution
+    from the broadcast state alone (False for distillation, whose private local steps
+    persist in the models that later rounds release)."""
+
+    def void_round(self, round_id: int) -> bool:
+        """Un-charge round ``round_id``, which aborted before the server asked for any input
+        (:attr:`RoundOutcome.released` False): no party's input left it, so the mechanism
+        never ran. Each client voids its own ledger by its own view of the round. Returns
+        True when a charge was removed."""
+        if not self.voidable or self.accountant is None or round_id not in self._charged:
+            return False
+        self.accountant.unstep(self.dp.steps_per_round)
+        self._charged.discard(round_id)
+        return True
 
     def report(self, out: RoundOutcome) -> dict[str, Any]:
         """Epsilon and delta spent so far. A round nobody charged with :meth:`begin_round`

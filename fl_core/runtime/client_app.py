@@ -72,7 +72,12 @@ from secagg.fl_core.runtime.rounds import (
     parse_control,
     synthetic_update,
 )
-from secagg.fl_core.runtime.updates import RoundAwareUpdate, StepAwareUpdate, UpdateFn
+from secagg.fl_core.runtime.updates import (
+    RoundAwareUpdate,
+    StepAwareUpdate,
+    UpdateFn,
+    VoidableUpdate,
+)
 from secagg.fl_core.transport.sockets import ClientTransport
 from secagg.protocols.client import SecAggClient
 from secagg.protocols.config import SecAggConfig
@@ -82,6 +87,7 @@ from secagg.protocols.epoch import EpochContext
 from secagg.protocols.errors import ProtocolError
 from secagg.protocols.harness import create_client
 from secagg.protocols.participant import ClientBase
+from secagg.protocols.transitions import INPUT_PENDING
 from secagg.protocols.wire import encode
 from secagg.sign import VerifyKey
 
@@ -142,6 +148,8 @@ class _Session:
         self.model: npt.NDArray[np.float64] | None = None
         self.timing: dict[str, float] = {}
         self.answered: AnsweredStart | None = None  # a resent round start gets the same reply
+        self.input_sent = False  # the participant of ``last_round`` has sent its input
+        self.voided: list[int] = []  # rounds whose charge was voided (they released nothing)
 
     def hello(self) -> None:
         try:
@@ -160,7 +168,7 @@ class _Session:
             return False
         if head["type"] == "abort":
             if round_id == self.last_round:
-                self.participant = None  # drop masks and shares at once
+                self._end_round("aborted by the server")  # drop masks and shares at once
                 self.answered = None
             if round_id == self.keysetup_round:
                 self.keysetup = None
@@ -239,9 +247,10 @@ class _Session:
         except PolicyMismatch as exc:
             self._refuse(start.round_id, exc)
             return
-        self.participant = None
+        self._end_round(f"round {start.round_id} started")
         self.answered = None
         self.last_round = start.round_id
+        self.input_sent = False
         self.clock.advance(start.round_id, time.time())
         if self.settings.state_file is not None:
             save_round_id(self.settings.state_file, start.round_id)
@@ -270,10 +279,11 @@ class _Session:
                 x = self.update(start.round_id, self.model)
             t1 = time.perf_counter()
             msgs = [encode(m) for m in self.participant.start(x, weight=None)]
+            self.input_sent = self.participant.stage not in INPUT_PENDING
             self.timing = {"update_s": t1 - t0, "protocol_s": time.perf_counter() - t1}
         except (ProtocolError, ValueError, TypeError) as exc:
             log.warning("round %d: cannot take part: %s", start.round_id, exc)
-            self.participant = None
+            self._end_round("could not take part")
             return
         for raw in msgs:
             self._send(start.first_stage, raw)
@@ -316,8 +326,9 @@ class _Session:
                 time.perf_counter() - t0)
         except ProtocolError as exc:
             log.warning("round %d: protocol error, leaving the round: %s", round_id, exc)
-            self.participant = None
+            self._end_round("protocol error")
             return
+        self.input_sent |= self.participant.stage not in INPUT_PENDING
         for raw in out:
             self._send(stage, raw)
         if self.participant.stage.value == "done":
@@ -327,6 +338,25 @@ class _Session:
             self.participant = None
             if isinstance(agg, Aggregate):  # CKKS: the client decrypted the sum
                 self.on_aggregate(round_id, agg.values, agg.weight_total, agg.included)
+
+    def _end_round(self, why: str) -> None:
+        """Drop the participant of ``last_round`` (its masks and shares). When it had not
+        sent its input (still in :data:`INPUT_PENDING`), the round released nothing of this
+        party's data: a task that keeps books (:class:`VoidableUpdate`) un-charges it. The
+        decision is the client's own, from its own participant's stage: a server cannot
+        un-charge a round whose input it has."""
+        if self.participant is None:
+            return
+        self.participant = None
+        if self.input_sent or not isinstance(self.update, VoidableUpdate):
+            return
+        try:
+            if self.update.void(self.last_round):
+                self.voided.append(self.last_round)
+                log.info("round %d ended before this client's input left (%s): not charged",
+                         self.last_round, why)
+        except OSError as exc:  # the ledger stays as it was: charged
+            log.warning("round %d: could not void its charge: %s", self.last_round, exc)
 
     def on_aggregate(self, round_id: int, values: npt.NDArray[np.float64], weight: float,
                      included: tuple[int, ...]) -> None:
@@ -404,6 +434,7 @@ def run_client(transport: ClientTransport, *, keys: ClientKeys | None = None,
                 break
         else:
             session.on_protocol(env.round_id, env.stage, got.payload)
+    session._end_round("the client stopped")
     return session.rounds_done
 
 

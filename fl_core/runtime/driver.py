@@ -286,6 +286,7 @@ class RoundDriver:
                            ckks_fingerprint=ctx.ckks_fingerprint if self.config.is_ckks
                            else None, policy=self.policy(dim))
         raw_start = start.encode()
+        out.released = server.stage is ServerStage.MASKED_INPUT  # plain, ckks: inputs at once
         self._broadcast(out, raw_start)
         # Resent to cohort members that say hello without answering (round_start.py).
         self._resender = StartResender(self.transport, out.round_id, raw_start,
@@ -322,6 +323,8 @@ class RoundDriver:
                          sorted(missing))
             self._resender = None  # past the first stage a round start helps nobody
             replies = server.close_stage(missing)
+            if not prefix and server.stage is ServerStage.MASKED_INPUT:
+                out.released = True  # the shares relays ask for the inputs
             self._deliver(out, server.stage, replies)
             out.stages.append({"stage": prefix + stage.value, "received": received,
                                "missing": sorted(missing),

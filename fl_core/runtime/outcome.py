@@ -63,6 +63,10 @@ class RoundOutcome:
     threshold: int = 0
     """The round's protocol threshold (0: the round did not start): a completed round had at
     least this many survivors."""
+    released: bool = False
+    """The round reached its input stage: the server asked the cohort for its inputs (SecAgg:
+    it sent the shares relays; plain and CKKS: the round start). A round that aborted before
+    released nothing, and its charge is voided (:func:`secagg.fl_core.runtime.server_app.serve`)."""
     released_noise: dict[int, dict[int, bytes]] = field(default_factory=dict, repr=False)
     """SecAgg/SecAgg+: the removable noise seeds the survivors released, ``{client: {level:
     seed}}`` (the application expands and subtracts them: :mod:`secagg.fl_core.dp.exact`)."""

@@ -82,7 +82,7 @@ def _summary(out: RoundOutcome, step: int, drops: Mapping[Any, int], max_dim: in
         "sampled": list(out.sampled), "survivors": list(out.included),
         "bytes_up": out.bytes_up, "bytes_down": out.bytes_down,
         "seconds": round(out.seconds, 4), "join_seconds": round(out.join_seconds, 4),
-        "stages": out.stages, "rejected": out.rejected,
+        "stages": out.stages, "rejected": out.rejected, "released": out.released,
         "late_or_out_of_stage": out.late,
         "transport_drops": {getattr(k, "name", str(k)): v for k, v in drops.items()},
     }
@@ -167,9 +167,12 @@ def _serve(transport: ServerTransport, settings: ServerSettings,
         if out.encrypted is not None:  # CKKS: the ciphertext is the state
             write_bytes_atomic(encsum_path(settings.checkpoint), out.encrypted)
         new_state = task.apply(ckpt.state, out) if out.ok else None
+        voided = not out.ok and not out.released and _void(task, round_id)
         summary = _summary(out, ckpt.step + (1 if out.ok else 0), driver.drops,
                            settings.aggregate_in_json_max_dim)
         summary.update(task.report(out))
+        if voided:
+            summary["voided"] = True
         _maybe_crash(settings, "aggregate", round_id)
         doc, arrays = task.state_dict()
         ckpt = ckpt.advance(round_id, new_state, summary, task_state=doc or None, extra=arrays)
@@ -187,6 +190,16 @@ def _serve(transport: ServerTransport, settings: ServerSettings,
     driver.goodbye(ckpt.last_round_id)
     time.sleep(0.2)  # let the goodbyes leave before the socket closes
     return ckpt
+
+
+def _void(task: ServerTask, round_id: int) -> bool:
+    """Un-charge an aborted round that never asked for inputs, where the task allows it
+    (``void_round``; a task without it keeps every reserved round charged)."""
+    void = getattr(task, "void_round", None)
+    if void is None or not void(round_id):
+        return False
+    log.info("round %d aborted before any input was asked for: not charged", round_id)
+    return True
 
 
 def _write_json(path: Path, summaries: list[dict[str, Any]]) -> None:

@@ -12,7 +12,7 @@ from typing import Protocol, runtime_checkable
 import numpy as np
 import numpy.typing as npt
 
-__all__ = ["RoundAwareUpdate", "StepAwareUpdate", "UpdateFn"]
+__all__ = ["RoundAwareUpdate", "StepAwareUpdate", "UpdateFn", "VoidableUpdate"]
 
 UpdateFn = Callable[[int, npt.NDArray[np.float64]], npt.NDArray[np.float64]]
 
@@ -50,4 +50,26 @@ class StepAwareUpdate(Protocol):
     def for_step(self, round_id: int, step: int, state: npt.NDArray[np.float64]
                  ) -> npt.NDArray[np.float64]:
         """The contribution to round ``round_id`` at ``step`` from the broadcast ``state``."""
+        ...
+
+
+@runtime_checkable
+class VoidableUpdate(Protocol):
+    """An update that keeps books of its releases (a privacy ledger) and can un-charge a
+    round that released nothing: the client session calls :meth:`void` when a round ends
+    (abort, newer round, protocol error, stop) before its input left, i.e. while the
+    participant was in :data:`secagg.protocols.transitions.INPUT_PENDING`. Only a task whose
+    contribution leaves no data-dependent state behind may implement it."""
+
+    def __call__(self, round_id: int, state: npt.NDArray[np.float64]
+                 ) -> npt.NDArray[np.float64]:
+        """The contribution to round ``round_id``."""
+        ...
+
+    def void(self, round_id: int) -> bool:
+        """Un-charge round ``round_id``; True when a charge was removed.
+
+        Raises:
+            OSError: the books could not be written (the round stays charged).
+        """
         ...

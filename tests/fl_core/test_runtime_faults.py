@@ -177,15 +177,21 @@ def test_random_kills_8_clients_5_rounds(cluster: Cluster, seed: int) -> None:
         assert len(r["survivors"]) >= N - len(died)
 
 
-def test_too_many_die_round_aborts_and_next_starts(cluster: Cluster) -> None:
-    # Round 1: four clients die before sending their masked inputs, leaving 4 < threshold 5.
+@pytest.mark.parametrize(("stage", "released"), [(3, False), (4, True)])
+def test_too_many_die_round_aborts_and_next_starts(cluster: Cluster, stage: int,
+                                                   released: bool) -> None:
+    """Round 1: four clients die before sending their masked inputs, leaving 4 < threshold 5:
+    on receiving the roster (stage 3: the share stage aborts, the server never asked for
+    inputs, so the round is not charged) or the shares relay (stage 4: the server asked for
+    the inputs; the round stays charged)."""
     victims = random.Random(7).sample(range(1, N + 1), N - THRESHOLD + 1)
-    plan = {c: ([(1, 3)] if c in victims else []) for c in range(1, N + 1)}
+    plan = {c: ([(1, stage)] if c in victims else []) for c in range(1, N + 1)}
     server = cluster.server(rounds=1)
     assert cluster.supervise(server, plan, timeout_s=45) == len(victims)
     assert server.returncode == 0
     r1, r2 = cluster.rounds()
     assert not r1["ok"] and r1["step"] == 0
+    assert r1["released"] is released and r2["released"] is True
     assert "round 1 aborted" in r1["error"], r1["error"]
     assert r2["round"] == 2 and r2["ok"] and len(r2["survivors"]) == N
     check_round(r1)
