@@ -228,6 +228,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     ns = parse_with_config(ap, list(sys.argv[1:] if argv is None else argv))
     if ns.command in ("serve", "client", "run"):
+        if ns.command != "run":  # a runner's server or client stops when the runner dies
+            from secagg.fl_core.cli.supervise import watch_parent
+
+            watch_parent()
         return _run_runtime(ns)
     if ns.command == "flower":
         if min(ns.clients, ns.rounds, ns.dim) < 1 or ns.timeout <= 0:

@@ -14,6 +14,11 @@
   :class:`Stopped` in the runner; its children run in sessions of their own (a terminal's
   Ctrl-C reaches the runner alone), and the runner stops them. Nothing in the run folder is
   deleted: the server writes its checkpoint before and after every round, so the run resumes.
+- **A runner killed with SIGKILL leaves no orphans.** :func:`spawn` names the runner in the
+  child's environment (``SECAGG_PARENT_PID``); the child calls :func:`watch_parent` at start,
+  which asks Linux for SIGTERM when its parent dies (``prctl(PR_SET_PDEATHSIG)``) and, where
+  that is unavailable, polls its parent once a second. Either way a child whose runner is gone
+  stops within about a second, as it would on the runner's SIGTERM.
 """
 
 from __future__ import annotations
@@ -31,8 +36,11 @@ from pathlib import Path
 from types import FrameType
 from typing import IO, Any
 
-__all__ = ["GOODBYE_GRACE_S", "ClientGroup", "ServerLines", "Stopped", "spawn", "stop",
-           "stop_on_signals"]
+__all__ = ["GOODBYE_GRACE_S", "PARENT_ENV", "ClientGroup", "ServerLines", "Stopped", "spawn",
+           "stop", "stop_on_signals", "watch_parent"]
+
+PARENT_ENV = "SECAGG_PARENT_PID"
+_PR_SET_PDEATHSIG = 1
 
 _SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 _POLL_S = 0.05
@@ -86,8 +94,43 @@ def stop_on_signals() -> Iterator[None]:
 
 def spawn(cmd: list[str], **kwargs: Any) -> subprocess.Popen[Any]:
     """Start a child in a session of its own: a terminal's SIGINT or SIGHUP reaches the runner
-    alone, which then stops the child (and its own children, by process group)."""
-    return subprocess.Popen(cmd, start_new_session=True, **kwargs)
+    alone, which then stops the child (and its own children, by process group). The child's
+    environment names this process (:data:`PARENT_ENV`), so that a ``secagg`` child stops when
+    the runner dies without a word (:func:`watch_parent`)."""
+    env = dict(kwargs.pop("env", None) or os.environ)
+    env[PARENT_ENV] = str(os.getpid())
+    return subprocess.Popen(cmd, start_new_session=True, env=env, **kwargs)
+
+
+def watch_parent() -> bool:
+    """If this process was started by :func:`spawn`, stop it (SIGTERM) when that parent dies,
+    even of SIGKILL. Returns True when a watch is in place. Call it first thing in a child.
+
+    Linux: ``prctl(PR_SET_PDEATHSIG, SIGTERM)``, then a check that the parent did not die
+    before it (a child reparented already terminates itself at once). Elsewhere: a daemon
+    thread that polls :func:`os.getppid` once a second."""
+    raw = os.environ.get(PARENT_ENV)
+    if not raw or not raw.isdigit():
+        return False
+    parent = int(raw)
+    watched = False
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        watched = libc.prctl(_PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0) == 0
+    except (OSError, AttributeError):
+        watched = False
+    if os.getppid() != parent:  # the runner died before the watch was set
+        os.kill(os.getpid(), signal.SIGTERM)
+    if not watched:
+        def poll() -> None:
+            while os.getppid() == parent:
+                time.sleep(1.0)
+            os.kill(os.getpid(), signal.SIGTERM)
+
+        threading.Thread(target=poll, name="watch-parent", daemon=True).start()
+    return True
 
 
 class ServerLines:

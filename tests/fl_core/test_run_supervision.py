@@ -197,3 +197,51 @@ def test_a_signal_stops_server_and_clients_and_the_run_resumes(
                               timeout=60)
         assert proc.returncode == 0, proc.stderr[-3000:]
         assert resume(r.run_dir / "checkpoint").step == step + 1
+
+
+def test_a_runner_killed_with_sigkill_leaves_no_process_behind(tmp_path: Path,
+                                                               runners: list[Runner]) -> None:
+    """``kill -9`` of ``secagg run`` (an OOM killer, a container runtime's last word) gives it
+    no chance to stop anything: its server and clients see their parent die (PDEATHSIG, or
+    the parent poll) and stop within seconds, and the run folder resumes."""
+    r = Runner(tmp_path, *SMALL, "--rounds", "500")
+    runners.append(r)
+    r.wait_for("round 1: ok", timeout=60)
+    kids = r.children()
+    assert len(kids) >= 4  # the server and three clients
+    r.proc.kill()
+    r.proc.wait(timeout=10)
+    deadline = time.monotonic() + HANG_S
+    while (alive := [p.pid for p in kids if _alive(p.pid)]) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert alive == [], f"orphans after {HANG_S} s: {alive}"
+    step = resume(r.run_dir / "checkpoint").step
+    assert step >= 1
+    proc = subprocess.run([*PY, "--resume", str(r.run_dir), "--rounds", str(step + 1)],
+                          cwd=tmp_path, env=ENV, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
+
+def test_without_the_parent_watch_a_sigkilled_runner_orphans_its_children(
+        tmp_path: Path, runners: list[Runner]) -> None:
+    """The control: the same kill with the watch switched off (no ``SECAGG_PARENT_PID``
+    reaches the children) leaves the server and clients running."""
+    env = dict(ENV)
+    r = Runner.__new__(Runner)
+    r.tmp, r.err, r.run_dir, r.seen = tmp_path, tmp_path / "runner.err", tmp_path / "run", set()
+    code = ("import sys, secagg.fl_core.cli.supervise as s, subprocess as sp;"
+            "s.spawn = lambda cmd, **kw: sp.Popen(cmd, start_new_session=True, **kw);"
+            "import secagg.fl_core.cli.runner as r; r.spawn = s.spawn;"
+            "from secagg.fl_core.cli.entry import main; sys.exit(main(sys.argv[1:]))")
+    with r.err.open("w") as err:
+        r.proc = subprocess.Popen([sys.executable, "-c", code, "run", *SMALL, "--rounds", "500",
+                                   "--run-dir", str(r.run_dir)], cwd=tmp_path, env=env,
+                                  stdout=subprocess.DEVNULL, stderr=err)
+    runners.append(r)
+    r.wait_for("round 1: ok", timeout=60)
+    kids = r.children()
+    assert len(kids) >= 4
+    r.proc.kill()
+    r.proc.wait(timeout=10)
+    time.sleep(3.0)
+    assert [p.pid for p in kids if _alive(p.pid)], "the control should leave orphans"
