@@ -56,6 +56,7 @@ import numpy.typing as npt
 
 from secagg.fl_core.errors import EnvelopeError, TransportError
 from secagg.fl_core.identity.keys import ClientKeys
+from secagg.fl_core.runtime.client_keys import KeySetupMixin
 from secagg.fl_core.runtime.policy import (
     ClientPolicy,
     PolicyMismatch,
@@ -80,16 +81,13 @@ from secagg.fl_core.runtime.updates import (
 )
 from secagg.fl_core.transport.sockets import ClientTransport
 from secagg.protocols.client import SecAggClient
-from secagg.protocols.config import SecAggConfig
 from secagg.protocols.context import RoundContext
 from secagg.protocols.encoding import Aggregate
-from secagg.protocols.epoch import EpochContext
 from secagg.protocols.errors import ProtocolError
 from secagg.protocols.harness import create_client
 from secagg.protocols.participant import ClientBase
 from secagg.protocols.transitions import INPUT_PENDING
 from secagg.protocols.wire import encode
-from secagg.sign import VerifyKey
 
 if TYPE_CHECKING:  # CKKS is an extra (TenSEAL)
     from secagg.ckks import CkksSecretContext
@@ -120,7 +118,7 @@ the round start of round R with ``"start:R"``;
     """Say hello even inside a round after this long without a word from the server."""
 
 
-class _Session:
+class _Session(KeySetupMixin):
     def __init__(self, transport: ClientTransport, keys: ClientKeys | None,
                  update: UpdateFn, settings: ClientSettings,
                  policy: ClientPolicy | None = None, *, insecure: bool = False) -> None:
@@ -144,6 +142,7 @@ class _Session:
         self.first_sent: tuple[int, int, bytes] | None = None
         self.keysetup: KeySetupClient | None = None
         self.keysetup_round = 0
+        self.keys_answered: AnsweredStart | None = None  # a resent announcement: same reply
         self.secret: CkksSecretContext | None = None
         self.model: npt.NDArray[np.float64] | None = None
         self.timing: dict[str, float] = {}
@@ -172,47 +171,14 @@ class _Session:
                 self.answered = None
             if round_id == self.keysetup_round:
                 self.keysetup = None
+                self.keys_answered = None
             return True
         if head["type"] == "keys":
-            self.on_keys(round_id, head)
+            self.on_keys(round_id, head, start_digest(payload))
             return True
         if start is not None:
             self.on_start(start, start_digest(payload))
         return True
-
-    def on_keys(self, round_id: int, head: dict[str, Any]) -> None:
-        if round_id <= self.last_round or round_id < self.keysetup_round:
-            log.warning("refused a key setup of round %d", round_id)
-            return
-        self.keysetup = None
-        if self.policy is not None:
-            try:
-                self.clock.check(round_id, time.time())
-                ectx = self.policy.check_keys(head, self.t.client_id)
-            except PolicyMismatch as exc:
-                self._refuse(round_id, exc)
-                return
-            self.clock.advance(round_id, time.time())
-        try:
-            if self.policy is None:
-                ectx = _unpinned_epoch(head)
-            if not ectx.is_client(self.t.client_id):
-                return
-            identity = self.keys.identity if (self.keys and ectx.config.active) else None
-            from secagg.protocols.keysetup import KeySetupClient  # CKKS: the ckks extra
-
-            # Passive key setup lets the server learn the key: only a client run without
-            # identity keys (--insecure) accepts it; a server cannot downgrade the others.
-            ks = KeySetupClient(ectx, self.t.client_id, identity=identity,
-                                trust_relay=self.keys is None)
-            msgs = [encode(m) for m in ks.start()]
-            stage = int(head["first_stage"])
-        except (ProtocolError, ValueError, TypeError, KeyError, AttributeError) as exc:
-            log.warning("round %d: cannot take part in the key setup: %s", round_id, exc)
-            return
-        self.keysetup, self.keysetup_round = ks, round_id
-        for raw in msgs:
-            self._send_at(round_id, stage, raw)
 
     def _refuse(self, round_id: int, exc: PolicyMismatch) -> None:
         log.warning("round %d: refused, not my policy: %s", round_id, exc)
@@ -293,20 +259,6 @@ class _Session:
             self.t.send(r, s, old)  # the server's replay filter must drop this
         if self.first_sent is None and msgs:
             self.first_sent = (start.round_id, start.first_stage, msgs[0])
-
-    def on_keysetup(self, round_id: int, stage: int, payload: memoryview) -> None:
-        assert self.keysetup is not None
-        try:
-            out = self.keysetup.receive_data(bytes(payload))
-        except ProtocolError as exc:
-            log.warning("round %d: key setup failed: %s", round_id, exc)
-            self.keysetup = None
-            return
-        for raw in out:
-            self._send_at(round_id, stage, raw)
-        if self.keysetup.stage.value == "done":
-            self.secret = self.keysetup.secret_context
-            self.keysetup = None
 
     def on_protocol(self, round_id: int, stage: int, payload: memoryview) -> None:
         if (self.keysetup is not None and round_id == self.keysetup_round
@@ -437,12 +389,3 @@ def run_client(transport: ClientTransport, *, keys: ClientKeys | None = None,
     session._end_round("the client stopped")
     return session.rounds_done
 
-
-def _unpinned_epoch(head: dict[str, Any]) -> EpochContext:
-    """The epoch context exactly as the server announced it (no policy)."""
-    vks = head["verify_keys"]
-    return EpochContext(
-        config=SecAggConfig(**head["config"]), epoch=int(head["epoch"]),
-        client_ids=[int(c) for c in head["members"]],
-        verify_keys=None if vks is None else {
-            int(c): VerifyKey.from_bytes(bytes.fromhex(k)) for c, k in vks.items()})

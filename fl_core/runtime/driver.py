@@ -9,7 +9,8 @@ round goes on. A round completes when the protocol completes (at least the thres
 survived); a :class:`secagg.protocols.errors.ProtocolError` from ``close_stage`` aborts it with a
 clear message, and the caller starts the next one. A cohort member that says hello while the
 first stage is collected has not got the round start (it was lost on a dropped connection),
-so it gets it again (:mod:`secagg.fl_core.runtime.round_start`).
+so it gets it again (:mod:`secagg.fl_core.runtime.round_start`); so does a CKKS ``keys``
+announcement in the key setup's first stage.
 
 Client sampling (:mod:`secagg.fl_core.runtime.cohort`): each round samples ``n`` of the live,
 allowlisted
@@ -250,7 +251,12 @@ class RoundDriver:
         for cid in ids:
             self._send(out, cid, CONTROL, announce)
         self._emit(event="key_setup", round=out.round_id, epoch=self._epoch, members=len(ids))
-        self._run_stages(server, out, prefix="keys/")
+        # resent to members that say hello without answering, as a round start is
+        self._resender = StartResender(self.transport, out.round_id, announce, frozenset(ids))
+        try:
+            self._run_stages(server, out, prefix="keys/")
+        finally:
+            self._resender = None
         self.epoch_keys = server.keys
         self._members = members
         out.key_epoch = self._epoch

@@ -66,3 +66,24 @@ def test_an_insecure_client_takes_part_in_a_passive_key_setup() -> None:
     session, wire = _session(None)  # --insecure: no key files loaded
     session.on_keys(7, _keys_message(False, {}))
     assert session.keysetup is not None and len(wire.sent) == 1
+
+
+def test_a_copy_of_a_key_announcement_gets_the_same_reply_and_a_different_one_nothing() -> None:
+    """The driver resends a ``keys`` announcement a member has not answered (issue 22). A copy
+    (same round id, same bytes) gets the very messages of the first reply; a different
+    announcement under that round id (a server fishing for a second advertisement of the same
+    epoch, with other keys) gets nothing, and neither does an older round id."""
+    keys = {c: ClientKeys.generate(c) for c in range(3)}
+    session, wire = _session(keys[0])
+    head = _keys_message(True, keys)
+    session.on_keys(7, head, b"digest-1")
+    first = list(wire.sent)
+    assert first and session.keysetup is not None
+    session.on_keys(7, head, b"digest-1")  # the resent copy
+    assert wire.sent[len(first):] == first
+    n = len(wire.sent)
+    session.on_keys(7, {**head, "epoch": 2}, b"digest-2")  # another announcement, same id
+    session.on_keys(6, head, b"digest-0")
+    assert len(wire.sent) == n
+    session.on_keys(8, {**head, "round": 8}, b"digest-3")  # a later setup is answered
+    assert len(wire.sent) > n and wire.sent[-1][0] == 8

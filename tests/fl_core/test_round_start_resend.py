@@ -64,3 +64,39 @@ def test_idle_cohort_gets_the_round_start_after_the_server_was_busy(busy_before:
         th.join(timeout=10)
     assert out.ok and out.included == (1, 2, 3), (out.error, out.stages)
     assert took < 3.0, out.stages  # well inside the 4 s advertise deadline
+
+
+def test_idle_cohort_gets_the_ckks_key_announcement_after_the_server_was_busy() -> None:
+    """The same loss hits a CKKS ``keys`` announcement (the key setup runs before round 1):
+    it is resent as a round start is, and a client answers a copy with the messages it sent
+    for the first one, so the setup completes and the round with it."""
+    pytest.importorskip("tenseal")
+    server = ServerTransport("tcp://127.0.0.1:*", limits=limits_for(N, DIM, ckks=True),
+                             insecure=True, options=TIGHT)
+
+    def body(cid: int) -> None:
+        with ClientTransport(server.endpoint, client_id=cid,
+                             limits=limits_for(N, DIM, ckks=True), insecure=True,
+                             options=TIGHT) as t:
+            run_client(t, insecure=True, settings=ClientSettings(heartbeat_s=0.05,
+                                                                 idle_timeout_s=30.0))
+
+    threads = [threading.Thread(target=body, args=(c,), daemon=True) for c in (1, 2, 3)]
+    for th in threads:
+        th.start()
+    with server:
+        driver = RoundDriver(server, config_args={"protocol": "ckks", "n": N, "active": False},
+                             settings=DriverSettings(join_timeout_s=10.0, deadline_s=8.0))
+        assert driver.wait_for_clients(N, 10.0) == [1, 2, 3]
+        time.sleep(3.0)  # the server is busy: it reads nothing
+        t0 = time.monotonic()
+        out = driver.run_round(1, 0, np.zeros(DIM))
+        took = time.monotonic() - t0
+        driver.goodbye(1)
+        time.sleep(0.2)
+    for th in threads:
+        th.join(timeout=10)
+    assert out.ok and out.included == (1, 2, 3), (out.error, out.stages)
+    keys_first = out.stages[0]
+    assert keys_first["stage"] == "keys/advertise" and keys_first["missing"] == []
+    assert took < 8.0, out.stages  # inside the first deadline: nothing waited it out
