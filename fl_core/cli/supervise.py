@@ -201,6 +201,7 @@ class ClientGroup:
     floor: int
     _clients: list[_Client] = field(default_factory=list)
     _failed: int = 0
+    _goodbye: bool = False
 
     @property
     def procs(self) -> list[subprocess.Popen[bytes]]:
@@ -238,7 +239,8 @@ class ClientGroup:
     def check(self) -> tuple[list[str], str | None]:
         """Look at the clients: one line for each that failed since the last call (it exited
         with a non-zero status or was killed; status 0 means it was told goodbye), and the
-        cause when a client has failed and fewer than ``floor`` are left (else None).
+        cause when a client has failed and fewer than ``floor`` are left, unless a client was
+        told goodbye (else None).
 
         Raises:
             Nothing.
@@ -250,6 +252,7 @@ class ClientGroup:
                 continue
             c.seen = True
             if code == 0:
+                self._goodbye = True
                 continue
             self._failed += 1
             if c.tee is not None:
@@ -257,7 +260,10 @@ class ClientGroup:
             lines.append(f"client {c.cid} {_how(code)}: {c.last or '(no error output)'} "
                          f"(log: {c.log})")
         alive = sum(c.proc.poll() is None for c in self._clients)
-        if self._failed and alive < self.floor:
+        # A client that exits 0 was told goodbye (or heard nothing for its idle timeout): the
+        # rounds are over, and the server may still be writing its summary. Clients leaving
+        # then are not a run too small to go on, even after an earlier client failed.
+        if self._failed and alive < self.floor and not self._goodbye:
             return lines, (f"{alive} of {len(self._clients)} clients left, fewer than the "
                            f"{self.floor} a round needs")
         return lines, None

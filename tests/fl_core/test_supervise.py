@@ -38,14 +38,13 @@ def test_a_failed_client_gets_one_line_and_too_few_stop_the_run(tmp_path: Path) 
     group.start(1, [PY, "-c", "import sys; print('loading', file=sys.stderr); "
                     "print('ValueError: the ledger belongs to another job\\n', file=sys.stderr);"
                     " sys.exit(2)"], dict(os.environ))
-    group.start(2, [PY, "-c", "pass"], dict(os.environ))  # told goodbye: not a failure
     group.start(3, [PY, "-c", "import time; time.sleep(60)"], dict(os.environ))
     try:
-        _wait_exit(group, 2)
+        _wait_exit(group, 1)
         lines, cause = group.check()
         assert lines == [f"client 1 exited with status 2: ValueError: the ledger belongs to "
                          f"another job (log: {tmp_path / 'client-1.log'})"]
-        assert cause == "1 of 3 clients left, fewer than the 2 a round needs"
+        assert cause == "1 of 2 clients left, fewer than the 2 a round needs"
         assert group.check() == ([], cause)  # each death is told once
         assert "loading" in (tmp_path / "client-1.log").read_text()
     finally:
@@ -63,6 +62,26 @@ def test_clients_that_said_goodbye_do_not_stop_the_run(tmp_path: Path) -> None:
     _wait_exit(group, 2)
     assert group.check() == ([], None)
     group.close()
+
+
+def test_after_the_goodbye_an_earlier_failure_does_not_stop_a_finishing_run(
+        tmp_path: Path) -> None:
+    """Found by the chaos harness: client 1 was killed mid-run, the others finished every
+    round and exited 0 on the goodbye while the server still wrote its summary; the runner
+    took the goodbyes for a cohort too small to go on, stopped the server and exited 1."""
+    group = ClientGroup(tmp_path, floor=2)
+    group.start(1, [PY, "-c", "import sys; sys.exit(3)"], dict(os.environ))  # killed mid-run
+    for cid in (2, 3):
+        group.start(cid, [PY, "-c", "pass"], dict(os.environ))  # told goodbye
+    group.start(4, [PY, "-c", "import time; time.sleep(60)"], dict(os.environ))  # still busy
+    try:
+        _wait_exit(group, 3)
+        lines, cause = group.check()
+        assert [ln.split(":")[0] for ln in lines] == ["client 1 exited with status 3"]
+        assert cause is None
+    finally:
+        stop(group.procs, grace=0)
+        group.close()
 
 
 def test_stop_is_parallel_and_ends_stubborn_and_stopped_processes() -> None:
