@@ -328,13 +328,18 @@ class RoundDriver:
                 log.info("round %d %s: deadline passed, missing %s", out.round_id, stage.value,
                          sorted(missing))
             self._resender = None  # past the first stage a round start helps nobody
-            replies = server.close_stage(missing)
+            record = {"stage": prefix + stage.value, "received": received,
+                      "missing": sorted(missing)}
+            try:
+                replies = server.close_stage(missing)
+            except ProtocolError:  # the stage that ended the round is in the summary too
+                out.stages.append(record | {"aborted": True, "seconds": round(
+                    time.monotonic() - t_stage, 4)})
+                raise
             if not prefix and server.stage is ServerStage.MASKED_INPUT:
                 out.released = True  # the shares relays ask for the inputs
             self._deliver(out, server.stage, replies)
-            out.stages.append({"stage": prefix + stage.value, "received": received,
-                               "missing": sorted(missing),
-                               "seconds": round(time.monotonic() - t_stage, 4)})
+            out.stages.append(record | {"seconds": round(time.monotonic() - t_stage, 4)})
 
     def _gone(self, ids: set[int], round_id: int) -> set[int]:
         """Ping ``ids``; return those libzmq has no connection to any more (a killed process:

@@ -192,6 +192,9 @@ def test_too_many_die_round_aborts_and_next_starts(cluster: Cluster, stage: int,
     r1, r2 = cluster.rounds()
     assert not r1["ok"] and r1["step"] == 0
     assert r1["released"] is released and r2["released"] is True
+    last = r1["stages"][-1]  # the stage that ended the round is recorded, marked
+    assert last.get("aborted") and last["stage"] == ("share" if stage == 3 else "masked_input")
+    assert len(last["missing"]) == len(victims), last
     assert "round 1 aborted" in r1["error"], r1["error"]
     assert r2["round"] == 2 and r2["ok"] and len(r2["survivors"]) == N
     check_round(r1)
