@@ -187,6 +187,9 @@ def _show(ev: dict[str, Any], view: _View, ns: argparse.Namespace, group: Client
         metric = "accuracy" if "accuracy" in ev else "perplexity"
         console.print(f"evaluation after {ev['step']} rounds: {metric} "
                       f"{ev.get(metric)}, loss {ev['loss']} ({ev['examples']} held out)")
+    elif kind == "baselines":
+        bar.update(view.task, description="baselines: majority class, linear probe (once "
+                   "per machine)")
     elif kind == "stopped":
         console.print(f"[yellow]stopped: {ev['reason']}[/yellow]")
     elif kind == "summary":

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -115,6 +116,14 @@ def finish_server(prep: Prepared, task: FinetuneServerTask | ChunkedServerTask,
                                 zip(generations_before, after, strict=True)]
     if isinstance(task, ContinualServerTask):
         extra |= continual_summary(task, ckpt.last_round_id)
+    if os.environ.get("SECAGG_BASELINES", "on") != "off":
+        from secagg.fl_core.finetune.baselines import job_baselines
+
+        emit({"event": "baselines"})
+        prep.model.set_vector(task.initial_vector)  # the probe reads the pretrained features
+        if (baselines := job_baselines(prep.job, prep.model, prep.data)) is not None:
+            extra["baselines"] = baselines
+        prep.model.set_vector(ckpt.state)
     doc = final_summary(prep, ckpt, task.evals, extra)
     if json_path:
         write_summary(Path(json_path), doc)
