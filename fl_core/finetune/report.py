@@ -83,6 +83,10 @@ def _show(console: Console, doc: dict[str, Any]) -> None:
               f"sigma {doc['dp']['noise_multiplier']:.3f}")
     t.add_row(f"{metric} before -> after",
               f"{doc.get(f'{metric}_before')} -> {doc.get(f'{metric}_after')}")
+    if base := doc.get("baselines"):
+        t.add_row("baselines on the same held-out set",
+                  f"majority class {base['majority']:.3f}, non-private linear probe "
+                  f"{base['linear_probe']:.3f}")
     eps = doc.get("epsilon")
     t.add_row("epsilon (delta)", f"{eps if eps is None else round(eps, 3)} ({doc['delta']:.2g})")
     dp, clamp = doc["dp"], doc["dp"].get("clamp_probability_per_round") or 0.0
