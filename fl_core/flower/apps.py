@@ -133,7 +133,8 @@ class PollingGrid(Grid):
     """A ``Grid`` whose ``send_and_receive`` polls for replies every ``interval`` seconds.
 
     Flower's deployment grid sleeps 3 s between polls, which puts a 3 s floor under every
-    protocol stage; everything else is the wrapped grid's.
+    ``send_and_receive``; everything else is the wrapped grid's. (:class:`SecAggWorkflow`
+    no longer needs it: it pushes and polls itself, :mod:`secagg.fl_core.flower.stage_wait`.)
     """
 
     def __init__(self, inner: Grid, interval: float) -> None:
@@ -220,6 +221,7 @@ def _round_record(rnd: int, res: FlowerRound) -> dict[str, Any]:
         "round": rnd, "seconds": res.seconds, "nodes": nodes,
         "survivors": sorted(pid_of[c] for c in res.included if c in pid_of),
         "survivor_nodes": sorted(res.included_nodes),
+        "seen_dead": {str(n): t for n, t in sorted(res.seen_dead.items())},
         "weight_total": res.weight_total,
         "aggregate": None if res.aggregate is None else [float(v) for v in res.aggregate],
         "bytes_up": {str(pid_of.get(c, f"node-{res.node_of[c]}")): b
@@ -246,17 +248,17 @@ def _main(grid: Grid, context: Context) -> None:
                            "dim": cfg["dim"], "timeout": cfg["timeout"], "rounds": []}
     try:
         _wait_for_nodes(grid, cfg["clients"], cfg["node-wait"])
+        kwargs = {"poll_interval": cfg["poll-interval"], **cfg["workflow-kwargs"]}
         wf = (SecAggWorkflow.from_policy(cfg["policy"], keys=cfg["keys"] or None,
-                                         timeout=cfg["timeout"], **cfg["workflow-kwargs"])
+                                         timeout=cfg["timeout"], **kwargs)
               if cfg["policy"] else
-              SecAggWorkflow(cfg["protocol"], timeout=cfg["timeout"], **cfg["workflow-kwargs"]))
-        fast = PollingGrid(grid, cfg["poll-interval"])
+              SecAggWorkflow(cfg["protocol"], timeout=cfg["timeout"], **kwargs))
         zeros = np.zeros(cfg["dim"], np.float32)
         for rnd in range(1, cfg["rounds"] + 1):
             nodes = sorted(grid.get_node_ids())
             fit = {nid: RecordDict({"model": ArrayRecord([zeros]), DEMO_RECORD: ConfigRecord(
                 {"round": rnd, "dim": cfg["dim"]})}) for nid in nodes}
-            res = wf.run_round(fast, fit, round_id=rnd)
+            res = wf.run_round(grid, fit, round_id=rnd)
             doc["rounds"].append(_round_record(rnd, res))
             log.info("round %d: %d of %d nodes in the sum, %.2f s", rnd, len(res.included),
                      len(nodes), res.seconds)

@@ -12,6 +12,10 @@ and every SuperNode and ``flwr`` with the CA as root certificate.
 Node config: every SuperNode gets ``partition-id`` and ``num-partitions``, plus
 ``secagg-insecure = true`` (passive mode: the node trusts the server,
 :mod:`secagg.fl_core.flower.policy`) unless its ``node_config`` entries name ``secagg-policy``.
+SuperNodes heartbeat every ~4 s (``heartbeat_interval=10``, the SuperLink's minimum; Flower's
+30 s is no flag: :mod:`._supernode`): a SIGKILLed node is offline within about 20 s, and the
+workflow drops it then (:mod:`.stage_wait`), not at its stage timeout.
+
 Extension points: ``node_config`` adds entries to a node's ``--node-config`` (its ClientApp
 reads them from ``ctxt.node_config``), and :meth:`Federation.submit` passes ``workflow_kwargs``
 to the ServerApp's :class:`SecAggWorkflow` through the run config.
@@ -40,6 +44,7 @@ from typing import Any
 
 from secagg.fl_core.errors import FlCoreError
 from secagg.fl_core.flower import _procs
+from secagg.fl_core.flower._supernode import supernode_command
 from secagg.fl_core.flower._tls import TlsFiles, write_throwaway_tls
 from secagg.fl_core.flower.apps import RUN_CONFIG_DEFAULTS
 from secagg.fl_core.flower.policy import NODE_INSECURE_KEY, NODE_POLICY_KEY
@@ -189,16 +194,21 @@ class Federation:
                  node_config: Mapping[int, Mapping[str, NodeConfigValue]] | None = None,
                  start_timeout: float = 120.0, grace: float = 5.0,
                  task_poll_interval: float = 0.1, superlink_args: Sequence[str] = (),
-                 supernode_args: Sequence[str] = ()) -> None:
+                 supernode_args: Sequence[str] = (),
+                 heartbeat_interval: float | None = 10.0) -> None:
         """``node_config[pid]``: extra ``--node-config`` entries of partition ``pid``;
         ``superlink_args``/``supernode_args``: extra flags of every ``flower-superlink`` /
-        ``flower-supernode`` (e.g. SuperNode authentication).
+        ``flower-supernode`` (e.g. SuperNode authentication); ``heartbeat_interval``: the
+        SuperNodes' heartbeat in seconds (:mod:`._supernode`; 10, the SuperLink's minimum,
+        has a killed node seen dead within about 20 s), None: Flower's own 30 s (40-60 s).
 
         Raises:
-            ValueError: ``clients`` < 1, or ``node_config`` names an unknown partition.
+            ValueError: ``clients`` < 1, ``node_config`` names an unknown partition, or a
+                heartbeat interval the SuperLink would refuse.
         """
         if clients < 1:
             raise ValueError("clients must be >= 1")
+        self._supernode = supernode_command(heartbeat_interval)
         extra = dict(node_config or {})
         if not set(extra) <= set(range(clients)):
             raise ValueError(f"node_config names partitions outside 0..{clients - 1}")
@@ -270,7 +280,8 @@ class Federation:
         if NODE_POLICY_KEY not in extra:
             conf[NODE_INSECURE_KEY] = True  # passive mode: this node trusts the server
         conf.update(extra)
-        cmd = [self._exe("flower-supernode"), "--superlink", self.address,
+        exe = self._supernode or [self._exe("flower-supernode")]
+        cmd = [*exe, "--superlink", self.address,
                "--port", str(_free_port()),
                "--node-config", str(_write_toml(home / "node-config.toml", conf)),
                *self.supernode_args]

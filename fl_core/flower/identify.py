@@ -24,6 +24,7 @@ from flwr.serverapp import Grid
 from secagg.errors import InvalidSignature
 from secagg.fl_core.flower._state import RECORD
 from secagg.fl_core.flower.policy import hello_payload
+from secagg.fl_core.flower.stage_wait import exchange
 from secagg.fl_core.identity.keys import Allowlist
 from secagg.rng import random_bytes
 
@@ -41,9 +42,11 @@ class NodeIds:
     id's identity key, and ids outside it are refused); None: passive policy, ids as claimed.
     """
 
-    def __init__(self, allowlist: Allowlist | None, timeout: float | None) -> None:
+    def __init__(self, allowlist: Allowlist | None, timeout: float | None,
+                 poll_interval: float = 0.1) -> None:
         self.allowlist = allowlist
         self.timeout = timeout
+        self.poll_interval = poll_interval
         self.known: dict[int, int] = {}
 
     def cohort(self, grid: Grid, nodes: Iterable[int]) -> dict[int, int]:
@@ -67,13 +70,9 @@ class NodeIds:
         msgs = [Message(RecordDict({RECORD: ConfigRecord({"phase": "hello", "nonce": nonce})}),
                         dst_node_id=nid, message_type=MessageType.TRAIN, group_id="hello")
                 for nid, nonce in nonces.items()]
-        for r in grid.send_and_receive(msgs, timeout=self.timeout):
-            nid = r.metadata.src_node_id
+        got = exchange(grid, msgs, timeout=self.timeout, poll=self.poll_interval)
+        for nid, r in got.replies.items():
             if nid not in nonces:
-                continue
-            if r.has_error():
-                log.warning("node %s did not identify itself: %s", nid,
-                            str(r.error.reason)[-300:])
                 continue
             cid = self._check(nid, r, nonces.pop(nid))
             if cid is not None:

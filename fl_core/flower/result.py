@@ -35,6 +35,10 @@ class FlowerRound:
     released_noise: dict[int, dict[int, bytes]] = field(default_factory=dict, repr=False)
     """DP: ``{client: {level: seed}}`` of the noise components the survivors released (already
     subtracted from ``aggregate``)."""
+    seen_dead: dict[int, float] = field(default_factory=dict)
+    """Flower node ids seen dead during the round (the SuperLink said ``NODE_UNAVAILABLE`` or
+    stopped listing them; :mod:`secagg.fl_core.flower.stage_wait`): the wall-clock time
+    (``time.time()``) when seen. They count as missing, as a timeout does."""
 
     @property
     def included_nodes(self) -> tuple[int, ...]:

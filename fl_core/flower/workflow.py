@@ -2,10 +2,12 @@
 
 It plays the sans-IO server (:func:`secagg.protocols.create_server`) and carries its messages as
 ``train`` Messages with a ``"secagg"`` ConfigRecord (wire bytes in ``"data"``). Each stage is
-one ``grid.send_and_receive``; whoever returns an error reply (its ClientApp raised, or the node
-refused the round), sends nothing usable, or is not back before ``timeout`` is reported to the
-server as missing (``close_stage(missing)``), so the round completes when at least the
-threshold survive.
+one push of Messages and a poll for their replies (:mod:`.stage_wait`); whoever returns an error
+reply (its ClientApp raised, or the node refused the round), is seen dead (the SuperLink says
+``NODE_UNAVAILABLE``, or no longer lists it: the stage ends without waiting for it), sends
+nothing usable, or is not back before ``timeout`` is reported to the server as missing
+(``close_stage(missing)``), so the round completes when at least the threshold survive. Nodes
+of ``fit`` that the grid no longer lists are left out of a round before it starts.
 
 Two ways to run it:
 
@@ -52,6 +54,7 @@ from secagg.fl_core.flower.mod import SUM_RECORD
 from secagg.fl_core.flower.policy import FederationPolicy
 from secagg.fl_core.flower.privacy import RoundAccountant
 from secagg.fl_core.flower.result import FlowerRound
+from secagg.fl_core.flower.stage_wait import exchange, online_nodes
 from secagg.fl_core.identity import keyfiles
 from secagg.fl_core.identity.keys import Allowlist
 from secagg.protocols.config import ProtocolKind, SecAggConfig
@@ -79,13 +82,16 @@ class SecAggWorkflow:
                  policy: str | Path | FederationPolicy | None = None,
                  keys: str | Path | Allowlist | None = None,
                  accountant_file: str | Path | None = None, timeout: float | None = None,
-                 reveal_ckks_sum: bool = True, **config_args: Any) -> None:
+                 reveal_ckks_sum: bool = True, poll_interval: float = 0.1,
+                 **config_args: Any) -> None:
         """Without ``policy``: ``config_args`` are :class:`secagg.protocols.config.SecAggConfig`
         keywords except ``n`` (the number of sampled nodes, set each round); passive mode.
         With ``policy`` (the federation's policy file, or its :class:`FederationPolicy`, as
         the nodes pin it): no ``config_args``; ``keys`` is the allowlist (a folder of client
         cards, or an :class:`Allowlist`) in active mode; ``accountant_file`` keeps the DP
-        accountant across restarts.
+        accountant across restarts. ``timeout`` bounds each stage (None: no bound); replies
+        are pulled every ``poll_interval`` seconds, and a stage ends early once every node has
+        replied or been seen dead (:mod:`secagg.fl_core.flower.stage_wait`).
 
         Raises:
             ConfigError: unknown protocol, a protocol other than the policy's, active mode
@@ -114,13 +120,14 @@ class SecAggWorkflow:
             raise ConfigError(f"protocol {protocol!r} is not the policy's")
         self.protocol = self.kind.value
         self.timeout = timeout
+        self.poll_interval = poll_interval
         self.reveal_ckks_sum = reveal_ckks_sum
         self.config_args = dict(config_args)
         self.policy = policy
         self.allowlist = _allowlist(keys) if policy is not None and policy.active else None
         if policy is not None and policy.active and self.allowlist is None:
             raise ConfigError("active mode needs keys= (the allowlist folder of client cards)")
-        self.ids = NodeIds(self.allowlist, timeout) if policy is not None else None
+        self.ids = NodeIds(self.allowlist, timeout, poll_interval) if policy is not None else None
         self.accountant = (RoundAccountant(policy, state_file=accountant_file)
                            if policy is not None and policy.dp is not None else None)
         self._epoch: tuple[tuple[tuple[int, int], ...], EpochKeys, dict[int, int]] | None = None
@@ -164,19 +171,18 @@ class SecAggWorkflow:
     # -- carrier ---------------------------------------------------------------------------
 
     def _exchange(self, grid: Grid, contents: Mapping[int, RecordDict], node_of: dict[int, int],
-                  group: str) -> dict[int, Message]:
+                  group: str, acct: FlowerRound | None = None) -> dict[int, Message]:
+        """One stage: the usable replies by protocol id (:func:`.stage_wait.exchange`: it
+        ends once every node has replied or been seen dead, at the latest at ``timeout``)."""
         msgs = [Message(content=c, dst_node_id=node_of[cid], message_type=MessageType.TRAIN,
                         group_id=group) for cid, c in contents.items()]
         cid_of = {nid: cid for cid, nid in node_of.items()}
-        out: dict[int, Message] = {}
-        for r in grid.send_and_receive(msgs, timeout=self.timeout):
-            cid = cid_of.get(r.metadata.src_node_id)
-            if r.has_error():
-                log.warning("node %s failed (counted missing): %s", r.metadata.src_node_id,
-                            str(r.error.reason)[-300:])
-            if cid is not None and cid in contents and not r.has_error():
-                out[cid] = r
-        return out
+        got = exchange(grid, msgs, timeout=self.timeout, poll=self.poll_interval)
+        if acct is not None:
+            for nid, t in got.dead.items():
+                acct.seen_dead.setdefault(nid, got.started_at + t)
+        return {cid_of[nid]: r for nid, r in got.replies.items()
+                if nid in cid_of and cid_of[nid] in contents}
 
     def _drive(self, grid: Grid, server: ServerBase[Any], first: Mapping[int, RecordDict],
                node_of: dict[int, int], group: str, step: dict[str, Any],
@@ -187,7 +193,7 @@ class SecAggWorkflow:
             ThresholdError: fewer than the threshold remain.
             ProtocolError: the server aborted.
         """
-        replies = self._exchange(grid, first, node_of, group)
+        replies = self._exchange(grid, first, node_of, group, acct)
         first_replies = replies
         while True:
             for cid, r in replies.items():
@@ -200,7 +206,7 @@ class SecAggWorkflow:
                 acct.bytes_down[cid] = acct.bytes_down.get(cid, 0) + len(data)
             replies = self._exchange(grid, {cid: RecordDict({RECORD: ConfigRecord(
                 {**step, "data": join_frames([data])})}) for cid, data in wire.items()},
-                node_of, group)
+                node_of, group, acct)
             if server.stage is ServerStage.DONE:
                 return first_replies, replies
 
@@ -276,7 +282,7 @@ class SecAggWorkflow:
         t0 = time.perf_counter()
         if self.accountant is not None:
             self.accountant.check(round_id)  # a spent budget sends nothing, not even a hello
-        node_of = self._cohort(grid, tuple(sorted(fit)))
+        node_of = self._cohort(grid, _alive(grid, fit))
         keys: EpochKeys | None = None
         if self.kind.is_ckks:
             keys, node_of = self._keys(grid, node_of)
@@ -359,6 +365,19 @@ class SecAggWorkflow:
     def __call__(self, grid: Grid, context: Any) -> None:
         """Run one fit round for a ``LegacyContext`` (``DefaultWorkflow(fit_workflow=...)``)."""
         legacy_fit_round(self, grid, context)
+
+
+def _alive(grid: Grid, fit: Mapping[int, RecordDict]) -> tuple[int, ...]:
+    """The nodes of ``fit`` that the grid still lists (a SuperLink lists only ONLINE nodes:
+    :func:`.stage_wait.online_nodes`); those it no longer lists are left out of the round."""
+    online = online_nodes(grid)
+    nodes = tuple(sorted(fit))
+    if online is None:
+        return nodes
+    gone = [n for n in nodes if n not in online]
+    if gone:
+        log.warning("nodes %s are gone from the grid's node list: left out of the round", gone)
+    return tuple(n for n in nodes if n in online)
 
 
 def _allowlist(keys: str | Path | Allowlist | None) -> Allowlist | None:
