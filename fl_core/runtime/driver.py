@@ -56,6 +56,7 @@ from secagg.fl_core.errors import PeerUnreachable, TransportError
 from secagg.fl_core.runtime.ckks_workers import CkksWorkerError, InProcessSummer, WorkerPool
 from secagg.fl_core.runtime.cohort import CohortSampler, round_config_args
 from secagg.fl_core.runtime.cohort_floor import check_min_cohort, distributed_dp
+from secagg.fl_core.runtime.collect import collect
 from secagg.fl_core.runtime.outcome import DriverSettings, RoundOutcome
 from secagg.fl_core.runtime.policy import policy_digest, policy_document
 from secagg.fl_core.runtime.round_start import StartResender
@@ -341,77 +342,11 @@ class RoundDriver:
             self._deliver(out, server.stage, replies)
             out.stages.append(record | {"seconds": round(time.monotonic() - t_stage, 4)})
 
-    def _gone(self, ids: set[int], round_id: int) -> set[int]:
-        """Ping ``ids``; return those libzmq has no connection to any more (a killed process:
-        at once; a vanished host: after the ZMTP heartbeat timeout)."""
-        ping, gone = control_message("ping"), set()
-        for cid in sorted(ids):
-            try:
-                self.transport.send(cid, round_id, CONTROL, ping)
-            except PeerUnreachable:
-                gone.add(cid)
-            except TransportError:
-                pass  # a full queue: alive but slow
-        return gone
-
     def _collect(self, server: ServerBase[Any], out: RoundOutcome, stage: ServerStage) -> None:
-        """Receive the stage's messages until every expected client has sent, the deadline
-        passes, or every client still awaited is known dead (pinged after ``probe_interval_s``,
-        then at doubling intervals: a party killed mid-round costs about the time it had
-        been waited for, not the deadline).
-
-        The intervals double because a live client busy in its local update reads nothing:
-        pings at a fixed rate would fill its receive queue (``rcvhwm``), stall the TCP stream
-        and with it ZeroMQ's own heartbeats, and the connection would be dropped as dead
-        (a 16 s update was cut at 14 s). Doubling keeps the pings of a 300 s stage at 10."""
-        number = stage_number(stage)
-        deadline = time.monotonic() + self.settings.deadline(stage)
-        interval = self.sampler.probe_interval_s
-        next_probe = time.monotonic() + interval
-        dead: set[int] = set()
-        while True:
-            waiting = set(server.expected - server.received) - dead
-            if not waiting:
-                if dead:
-                    log.info("round %d %s: clients %s are gone, closing the stage early",
-                             out.round_id, stage.value, sorted(dead))
-                return
-            now = time.monotonic()
-            if now >= deadline:
-                return
-            if now >= next_probe:
-                dead |= self._gone(waiting, out.round_id)
-                interval *= 2.0
-                next_probe = now + interval
-                continue
-            left = min(deadline, next_probe) - now
-            # No round filter in the transport: hellos of clients outside the cohort carry
-            # older round ids and are still welcome as heartbeats (they refresh routes).
-            got = self.transport.recv(max(1, int(left * 1000)))
-            if got is None:
-                continue
-            resender = self._resender
-            if got.envelope.stage == CONTROL:
-                if resender is not None:  # a hello: has this member got the round start?
-                    resender.on_hello(got.sender, server.received)
-                continue
-            env = got.envelope
-            if resender is not None and got.sender in resender.resent \
-                    and got.sender in server.received:
-                out.late += 1  # the same first message again, crossed with a resent start
-                continue
-            if env.round_id != out.round_id or env.stage != number:
-                out.late += 1
-                log.info("round %d: dropped a round-%d stage-%d message from client %d while "
-                         "collecting %s (late, early or out of stage)", out.round_id,
-                         env.round_id, env.stage, got.sender, stage.value)
-                continue
-            out.bytes_up += got.payload.nbytes
-            try:
-                server.receive_data(got.sender, bytes(got.payload))
-            except ProtocolError as exc:
-                log.warning("round %d %s: rejected client %d: %s", out.round_id, stage.value,
-                            got.sender, exc)
+        """Collect ``stage``'s messages (:func:`secagg.fl_core.runtime.collect.collect`)."""
+        collect(self.transport, server, out, stage, deadline_s=self.settings.deadline(stage),
+                grace_s=self.settings.dead_grace_s,
+                probe_interval_s=self.sampler.probe_interval_s, resender=self._resender)
 
     def _deliver(self, out: RoundOutcome, stage: ServerStage,
                  replies: Mapping[int, Message]) -> None:

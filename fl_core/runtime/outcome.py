@@ -28,6 +28,12 @@ class DriverSettings:
     join_timeout_s: float = 30.0
     min_clients: int | None = None
     refill_wait_s: float = 3.0
+    dead_grace_s: float = 3.0
+    """A cohort member whose route fails (the liveness probe's ``PeerUnreachable``) counts as
+    gone only once it has stayed unreachable, without a word, this long (at most half the
+    stage's deadline). After the server was busy, routes go stale while the clients reconnect
+    at once and say hello within their heartbeat: without the grace a whole cohort was declared
+    gone 0.5 s into a stage (issue 22, a distillation round lost that way)."""
     state_float32: bool = False
     """Broadcast the global state as float32 (half the bytes): for models trained in float32,
     whose clients cast it to float32 anyway."""

@@ -18,6 +18,7 @@ import time
 import numpy as np
 import pytest
 
+from secagg.fl_core.errors import PeerUnreachable
 from secagg.fl_core.runtime.client_app import ClientSettings, run_client
 from secagg.fl_core.runtime.driver import DriverSettings, RoundDriver
 from secagg.fl_core.runtime.rounds import limits_for
@@ -32,15 +33,14 @@ TIGHT = SocketOptions(rcvhwm=4, sndhwm=4, heartbeat_ivl_ms=100, heartbeat_timeou
 
 @pytest.mark.parametrize("busy_before", [1, 2], ids=["after-bind", "between-rounds"])
 def test_idle_cohort_gets_the_round_start_after_the_server_was_busy(busy_before: int) -> None:
-    # after-bind: the server evaluates its initial model after binding while the clients,
-    # loaded and connected, say hello (issue 22: round 1 lost "while clients were loading").
+    hello_s = 0.05
     server = ServerTransport("tcp://127.0.0.1:*", limits=limits_for(N, DIM), insecure=True,
                              options=TIGHT)
 
     def body(cid: int) -> None:
         with ClientTransport(server.endpoint, client_id=cid, limits=limits_for(N, DIM),
                              insecure=True, options=TIGHT) as t:
-            run_client(t, insecure=True, settings=ClientSettings(heartbeat_s=0.05,
+            run_client(t, insecure=True, settings=ClientSettings(heartbeat_s=hello_s,
                                                                  idle_timeout_s=20.0))
 
     threads = [threading.Thread(target=body, args=(c,), daemon=True) for c in (1, 2, 3)]
@@ -100,3 +100,61 @@ def test_idle_cohort_gets_the_ckks_key_announcement_after_the_server_was_busy() 
     keys_first = out.stages[0]
     assert keys_first["stage"] == "keys/advertise" and keys_first["missing"] == []
     assert took < 8.0, out.stages  # inside the first deadline: nothing waited it out
+
+
+class StaleRoutes:
+    """The server's transport, but every send fails with ``PeerUnreachable`` until
+    ``until`` (monotonic): the routes of an idle cohort gone stale while the server was busy,
+    its clients reconnected and about to say hello on their new connections."""
+
+    def __init__(self, inner: ServerTransport, until: float) -> None:
+        self.inner, self.until = inner, until
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.inner, name)
+
+    def send(self, client_id: int, *args: object, **kw: object) -> None:
+        if time.monotonic() < self.until:
+            raise PeerUnreachable(f"client {client_id} is no longer connected")
+        self.inner.send(client_id, *args, **kw)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("grace_s", [3.0, 0.0], ids=["grace", "control-no-grace"])
+def test_stale_routes_are_not_a_dead_cohort(grace_s: float) -> None:
+    """The liveness probe, 0.5 s into the advertise stage, finds every member unreachable
+    (stale routes: issue 22, a distillation round "aborted: only 0 clients completed
+    advertise" in 0.5 s). Unreachable counts as gone only after the grace without a word;
+    the members' hellos clear it, the round start is resent once routes work (1.5 s), and the
+    round completes. The control, without the grace, declares the whole cohort dead at once."""
+    server = ServerTransport("tcp://127.0.0.1:*", limits=limits_for(N, DIM), insecure=True)
+
+    def body(cid: int) -> None:
+        with ClientTransport(server.endpoint, client_id=cid, limits=limits_for(N, DIM),
+                             insecure=True) as t:
+            run_client(t, insecure=True, settings=ClientSettings(heartbeat_s=0.05,
+                                                                 idle_timeout_s=20.0))
+
+    threads = [threading.Thread(target=body, args=(c,), daemon=True) for c in (1, 2, 3)]
+    for th in threads:
+        th.start()
+    with server:
+        settings = DriverSettings(join_timeout_s=10.0, deadline_s=8.0, dead_grace_s=grace_s)
+        driver = RoundDriver(server, config_args=ARGS, settings=settings)
+        assert driver.wait_for_clients(N, 10.0) == [1, 2, 3]
+        driver.sampler.transport = driver.transport = StaleRoutes(  # type: ignore[assignment]
+            server, time.monotonic() + 1.5)
+        driver.sampler.available = lambda: [1, 2, 3]  # type: ignore[method-assign]
+        t0 = time.monotonic()
+        out = driver.run_round(1, 0, np.zeros(DIM))
+        took = time.monotonic() - t0
+        driver.transport = server
+        driver.goodbye(1)
+        time.sleep(0.2)
+    for th in threads:
+        th.join(timeout=10)
+    if grace_s:
+        assert out.ok and out.included == (1, 2, 3), (out.error, out.stages)
+        assert took < 8.0, out.stages  # inside the deadline: nothing waited it out
+    else:
+        assert not out.ok and "only 0 clients completed advertise" in (out.error or "")
+        assert took < 1.5, took
