@@ -118,6 +118,7 @@ def test_a_killed_supernode_is_dropped_well_before_the_timeout(tmp_path: Path) -
 
 
 @pytest.mark.slow
+@pytest.mark.soak  # ~2 minutes; the fast control is tests/fl_core/flower/test_stage_wait.py
 def test_control_with_flowers_30s_heartbeat_the_dead_node_costs_twice_as_long(
         tmp_path: Path) -> None:
     """The control: the same kill under Flower's own heartbeat (30 s: the SuperLink keeps the
