@@ -128,7 +128,8 @@ def one_run(row: str, job: FinetuneJob, size: Size, before: dict[str, Any]) -> d
         before.update(measure_before(job, size))
     t0 = time.perf_counter()
     # the server's "before" evaluation is measure_before's perplexity (the same pass): skipped
-    doc = run_job(job, label=f"{row}-seed{job.seed}", eval_before=False,
+    # a reported row: it reads the test set once (benchmarks.experiments.splits)
+    doc = run_job(job, label=f"{row}-seed{job.seed}", eval_before=False, split="test",
                   on_round=lambda rec: print(row, job.seed, rec, flush=True))
     prep: Prepared = doc.pop("_prep")
     run_s = time.perf_counter() - t0

@@ -28,10 +28,16 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from benchmarks.experiments.splits import Split, TestReads
 from secagg.fl_core.finetune.app import Prepared, prepare
 from secagg.fl_core.finetune.client_task import FinetuneClientTask
 from secagg.fl_core.finetune.job import FinetuneJob
-from secagg.fl_core.finetune.party import build_job_model, load_job_data
+from secagg.fl_core.finetune.party import (
+    JobData,
+    build_job_model,
+    carve_validation,
+    load_job_data,
+)
 from secagg.fl_core.finetune.privacy import resolve_dp
 from secagg.fl_core.finetune.server_task import FinetuneServerTask
 from secagg.fl_core.runtime.driver import RoundOutcome
@@ -63,14 +69,16 @@ def save(name: str, doc: dict[str, Any]) -> Path:
 
 
 def prepare_run(job: FinetuneJob, *, cohort: int, centralized: bool = False) -> Prepared:
-    """``app.prepare(job, protocol="secagg+", n=cohort, active=False)``; centralized: the same
-    pieces for a single party with threshold 1 (it adds the whole noise) and no protocol."""
+    """``app.prepare(job, protocol="secagg+", n=cohort, active=False, val_size=eval_size)``;
+    centralized: the same pieces for a single party with threshold 1 (it adds the whole noise)
+    and no protocol. Either way ``job.eval_size`` training records are carved out as the
+    validation set (:mod:`benchmarks.experiments.splits`) before DP sees the parties' sizes."""
     if not centralized:
-        return prepare(job, protocol="secagg+", n=cohort, active=False)
-    data = load_job_data(job)
+        return prepare(job, protocol="secagg+", n=cohort, active=False, val_size=job.eval_size)
+    data, val = carve_validation(load_job_data(job), job.eval_size, job.seed)
     model = build_job_model(job, data)
     dp = resolve_dp(job, dim=model.num_trainable, sizes=data.sizes, cohort=1, threshold=1)
-    return Prepared(job, data, model, dp, {})
+    return Prepared(job, data, model, dp, {}, val=val)
 
 
 def _cohort(job: FinetuneJob, n: int, round_id: int) -> list[int]:
@@ -102,19 +110,37 @@ def _client_loop(tasks: dict[int, FinetuneClientTask],
 def run_job(job: FinetuneJob, *, cohort: int | None = None, centralized: bool = False,
             contribute: Contribute | None = None, label: str = "",
             eval_before: bool = True,
-            on_round: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+            on_round: Callable[[dict[str, Any]], None] | None = None,
+            split: Split = "val", row: str | None = None) -> dict[str, Any]:
     """Run ``job.rounds`` rounds; return a JSON-able summary (accuracy before/after, epsilon,
     per-round seconds split into training and secure aggregation, bytes per client).
 
+    ``split``: what the evaluations read. ``"val"`` (the default: what every choice is made
+    on) is the validation set carved out of the parties' records; ``"test"`` is the job's
+    held-out set, read for a reported row only: ``row`` (default ``label``) is claimed in the
+    results folder's :class:`benchmarks.experiments.splits.TestReads` before the run, and a
+    row that read it before is refused. The summary says which (``"split"``).
+
     Raises:
         JobError, ConfigError, ProtocolError: as :func:`prepare` and :func:`run_round`.
+        TestReread: ``split="test"`` for a row that already read the test set.
+        ValueError: another ``split``, or ``split="test"`` without a row key.
     """
+    if split not in ("val", "test"):
+        raise ValueError(f"split must be 'val' or 'test', got {split!r}")
+    if split == "test":
+        key = row or label
+        if not key:
+            raise ValueError("a test read needs a row key (row= or label=)")
+        TestReads(results_dir()).claim(key)
     n = 1 if centralized else (cohort or job.num_clients)
     # centralized without DP: the one party runs the cohort's local trainings (see above)
     workers = (cohort or job.num_clients) if centralized and job.dp == "none" else 1
     t0 = time.perf_counter()
     prep = prepare_run(job, cohort=n, centralized=centralized)
-    server = FinetuneServerTask(job, prep.model, prep.data, prep.dp, cohort=n)
+    assert prep.val is not None
+    seen = prep.data if split == "test" else JobData(prep.data.train, prep.val, prep.data.parts)
+    server = FinetuneServerTask(job, prep.model, seen, prep.dp, cohort=n)
     # the "before" evaluation is the same for every run of one model/data/seed: skippable
     state = server.initial_state(prep.dim) if eval_before else server.initial_vector.copy()
     removable: dict[int, dict[int, bytes]] = {}
@@ -161,18 +187,18 @@ def run_job(job: FinetuneJob, *, cohort: int | None = None, centralized: bool = 
         if on_round is not None:
             on_round(rec)
     server.evaluate(state, job.rounds)
-    return _summary(job, prep, server, rounds, label, centralized, n,
+    return _summary(job, prep, server, rounds, label, split, centralized, n,
                     time.perf_counter() - t0) | {"local_trainings_per_round": (
                         workers if centralized else n), "_prep": prep}
 
 
 def _summary(job: FinetuneJob, prep: Prepared, server: FinetuneServerTask,
-             rounds: list[dict[str, Any]], label: str, centralized: bool, n: int,
-             wall: float) -> dict[str, Any]:
+             rounds: list[dict[str, Any]], label: str, split: Split, centralized: bool,
+             n: int, wall: float) -> dict[str, Any]:
     first = server.evals[0] if len(server.evals) > 1 else {}
     last = server.evals[-1]
     doc: dict[str, Any] = {
-        "label": label, "centralized": centralized, "cohort": n,
+        "label": label, "split": split, "centralized": centralized, "cohort": n,
         "job": asdict(job), "dim": prep.dim, "dp": prep.dp.describe(),
         "protocol": prep.config_args,
         "accuracy_before": first.get("accuracy"), "accuracy_after": last.get("accuracy"),

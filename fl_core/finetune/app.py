@@ -18,12 +18,17 @@ from typing import Any
 from secagg.fl_core.finetune.continual import StagePlan
 from secagg.fl_core.finetune.continual_tasks import build_plan
 from secagg.fl_core.finetune.job import FinetuneJob
-from secagg.fl_core.finetune.party import JobData, build_job_model, load_job_data
+from secagg.fl_core.finetune.party import (
+    JobData,
+    build_job_model,
+    carve_validation,
+    load_job_data,
+)
 from secagg.fl_core.finetune.preflight import check_min_clients, check_protocol
 from secagg.fl_core.finetune.privacy import ResolvedDp, resolve_dp
 from secagg.fl_core.runtime.checkpoint import Checkpoint
 from secagg.fl_core.runtime.cohort import population_args
-from secagg.models import AdaptedModel
+from secagg.models import AdaptedModel, Dataset
 from secagg.protocols.config import SecAggConfig
 from secagg.protocols.errors import ConfigError
 
@@ -44,6 +49,9 @@ class Prepared:
     round_dim: int | None = None
     """Values per round when they are not the trainable weights (distillation: the transfer
     set's soft labels, :mod:`secagg.fl_core.finetune.distill`); None otherwise."""
+    val: Dataset | None = None
+    """A validation set carved out of the parties' training records (``prepare(val_size=)``,
+    experiments only: :func:`secagg.fl_core.finetune.party.carve_validation`); None otherwise."""
 
     @property
     def dim(self) -> int:
@@ -69,11 +77,13 @@ def round_cohorts(protocol: str, n: int, active: bool, min_cohort: int | None,
 
 
 def prepare(job: FinetuneJob, *, protocol: str, n: int, active: bool,
-            min_cohort: int | None = None, cards: int = 0) -> Prepared:
+            min_cohort: int | None = None, cards: int = 0, val_size: int = 0) -> Prepared:
     """Build the model and data, and resolve DP and the protocol config for cohort ``n``
     (rounds of ``min_cohort`` to ``n`` parties when the sampler refills after a loss).
     ``cards``: the client cards of the party's key folder; more than ``n`` sizes the config
-    for the population (:func:`secagg.fl_core.runtime.cohort.population_args`).
+    for the population (:func:`secagg.fl_core.runtime.cohort.population_args`). ``val_size``
+    (experiments): carve a validation set of that many records out of the parties' parts
+    before DP is calibrated on their sizes (:attr:`Prepared.val`; not for distillation).
 
     Distributed noise over SecAgg/SecAgg+ uses the exact release
     (:mod:`secagg.fl_core.dp.exact`): it is calibrated for every round size allowed, and the
@@ -108,6 +118,9 @@ def prepare(job: FinetuneJob, *, protocol: str, n: int, active: bool,
         data = load_pretrain_data(job)
     else:
         data = load_job_data(job)
+    val = None
+    if val_size:
+        data, val = carve_validation(data, val_size, job.seed)
     model = build_job_model(job, data)
     dp = resolve_dp(job, dim=model.num_trainable, sizes=data.sizes, cohort=n,
                     threshold=threshold, cohorts=cohorts)
@@ -117,7 +130,7 @@ def prepare(job: FinetuneJob, *, protocol: str, n: int, active: bool,
     SecAggConfig(**args)  # validate now, with a clear error, rather than in round 1
     plan = build_plan(job, data) if job.continual is not None else None
     round_dim = chunk_round_dim(job, model, n) if job.objective == "pretrain" else None
-    return Prepared(job, data, model, dp, args, plan, round_dim=round_dim)
+    return Prepared(job, data, model, dp, args, plan, round_dim=round_dim, val=val)
 
 
 def _quiet_transformers() -> None:

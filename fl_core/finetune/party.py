@@ -8,7 +8,7 @@ seeded IID or Dirichlet(alpha) label-skewed split of the rest.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import numpy.typing as npt
@@ -28,7 +28,8 @@ from secagg.models import (
 from secagg.models.loading import TaskKind
 from secagg.models.partition import dirichlet_partition, iid_partition
 
-__all__ = ["JobData", "adapter_config", "build_job_model", "load_job_data", "task_kind"]
+__all__ = ["JobData", "adapter_config", "build_job_model", "carve_validation", "load_job_data",
+           "task_kind"]
 
 
 @dataclass(frozen=True)
@@ -87,6 +88,24 @@ def load_job_data(job: FinetuneJob) -> JobData:
         keep = np.sort(np.random.default_rng(job.seed + 1).permutation(len(test))[:job.eval_size])
         test = test.subset(keep)
     return JobData(train, test, tuple(np.asarray(p, dtype=np.int64) for p in parts))
+
+
+def carve_validation(data: JobData, size: int, seed: int) -> tuple[JobData, Dataset]:
+    """Take ``size`` of the parties' training records out of their parts (seeded by ``seed``
+    on a stream of its own, not the partition's) and return the data without them and the
+    validation set they form: choices are made on it, never on ``data.test``, and no party
+    trains on it. ``data.train`` and ``data.test`` are untouched (parts index ``train``).
+
+    Raises:
+        ValueError: ``size`` is not positive, or would take more than half the records.
+    """
+    owned = np.concatenate(data.parts)
+    if size < 1 or 2 * size > len(owned):
+        raise ValueError(f"a validation set of {size} from {len(owned)} training records")
+    rng = np.random.default_rng([seed, 0x7A1])
+    val_idx = np.sort(rng.choice(owned, size=size, replace=False))
+    parts = tuple(np.setdiff1d(p, val_idx).astype(np.int64) for p in data.parts)
+    return replace(data, parts=parts), data.train.subset(val_idx)
 
 
 def adapter_config(job: FinetuneJob) -> AdapterConfig:
