@@ -31,21 +31,29 @@ TIGHT = SocketOptions(rcvhwm=4, sndhwm=4, heartbeat_ivl_ms=100, heartbeat_timeou
                       heartbeat_ttl_ms=1000)
 
 
-@pytest.mark.parametrize("busy_before", [1, 2], ids=["after-bind", "between-rounds"])
-def test_idle_cohort_gets_the_round_start_after_the_server_was_busy(busy_before: int) -> None:
-    hello_s = 0.05
-    server = ServerTransport("tcp://127.0.0.1:*", limits=limits_for(N, DIM), insecure=True,
-                             options=TIGHT)
+def start_clients(server: ServerTransport, *, hello_s: float = 0.05, idle_s: float = 20.0,
+                  ckks: bool = False, options: SocketOptions | None = None,
+                  ) -> list[threading.Thread]:
+    """Clients 1..N in threads, running the real client loop (insecure, no policy)."""
+    limits = limits_for(N, DIM, ckks=ckks)
 
     def body(cid: int) -> None:
-        with ClientTransport(server.endpoint, client_id=cid, limits=limits_for(N, DIM),
-                             insecure=True, options=TIGHT) as t:
+        with ClientTransport(server.endpoint, client_id=cid, limits=limits, insecure=True,
+                             options=options) as t:
             run_client(t, insecure=True, settings=ClientSettings(heartbeat_s=hello_s,
-                                                                 idle_timeout_s=20.0))
+                                                                 idle_timeout_s=idle_s))
 
-    threads = [threading.Thread(target=body, args=(c,), daemon=True) for c in (1, 2, 3)]
+    threads = [threading.Thread(target=body, args=(c,), daemon=True) for c in range(1, N + 1)]
     for th in threads:
         th.start()
+    return threads
+
+
+@pytest.mark.parametrize("busy_before", [1, 2], ids=["after-bind", "between-rounds"])
+def test_idle_cohort_gets_the_round_start_after_the_server_was_busy(busy_before: int) -> None:
+    server = ServerTransport("tcp://127.0.0.1:*", limits=limits_for(N, DIM), insecure=True,
+                             options=TIGHT)
+    threads = start_clients(server, options=TIGHT)
     with server:
         driver = RoundDriver(server, config_args=ARGS, settings=DriverSettings(
             join_timeout_s=10.0, deadline_s=4.0))
@@ -74,16 +82,7 @@ def test_idle_cohort_gets_the_ckks_key_announcement_after_the_server_was_busy() 
     server = ServerTransport("tcp://127.0.0.1:*", limits=limits_for(N, DIM, ckks=True),
                              insecure=True, options=TIGHT)
 
-    def body(cid: int) -> None:
-        with ClientTransport(server.endpoint, client_id=cid,
-                             limits=limits_for(N, DIM, ckks=True), insecure=True,
-                             options=TIGHT) as t:
-            run_client(t, insecure=True, settings=ClientSettings(heartbeat_s=0.05,
-                                                                 idle_timeout_s=30.0))
-
-    threads = [threading.Thread(target=body, args=(c,), daemon=True) for c in (1, 2, 3)]
-    for th in threads:
-        th.start()
+    threads = start_clients(server, idle_s=30.0, ckks=True, options=TIGHT)
     with server:
         driver = RoundDriver(server, config_args={"protocol": "ckks", "n": N, "active": False},
                              settings=DriverSettings(join_timeout_s=10.0, deadline_s=8.0))
@@ -128,15 +127,7 @@ def test_stale_routes_are_not_a_dead_cohort(grace_s: float) -> None:
     round completes. The control, without the grace, declares the whole cohort dead at once."""
     server = ServerTransport("tcp://127.0.0.1:*", limits=limits_for(N, DIM), insecure=True)
 
-    def body(cid: int) -> None:
-        with ClientTransport(server.endpoint, client_id=cid, limits=limits_for(N, DIM),
-                             insecure=True) as t:
-            run_client(t, insecure=True, settings=ClientSettings(heartbeat_s=0.05,
-                                                                 idle_timeout_s=20.0))
-
-    threads = [threading.Thread(target=body, args=(c,), daemon=True) for c in (1, 2, 3)]
-    for th in threads:
-        th.start()
+    threads = start_clients(server)
     with server:
         settings = DriverSettings(join_timeout_s=10.0, deadline_s=8.0, dead_grace_s=grace_s)
         driver = RoundDriver(server, config_args=ARGS, settings=settings)
